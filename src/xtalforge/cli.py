@@ -1,0 +1,167 @@
+"""xtalforge run | resume | status | report | ui"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+
+def _quiet() -> None:
+    # pymatgen, spglib and torch warn about things a user of the CLI cannot act on
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("TQDM_MININTERVAL", "0.5")
+
+
+def _fail(lines: list[str], code: int = 2) -> int:
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return code
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from xtalforge.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(a.config)
+        overrides = {}
+        if a.ray_address:
+            overrides["ray"] = {**cfg.ray.model_dump(), "address": a.ray_address}
+        if a.tracking_uri:
+            overrides["tracking"] = {**cfg.tracking.model_dump(), "uri": a.tracking_uri}
+        if a.output_dir:
+            overrides["output_dir"] = a.output_dir
+        if overrides:
+            from xtalforge.config import parse_config
+
+            cfg = parse_config({**cfg.model_dump(), **overrides})
+    except ConfigError as err:
+        return _fail(err.problems)
+    from xtalforge.generators.compositions import NoCompositionError
+
+    try:
+        from xtalforge.generators.registry import build_generator
+
+        for g in cfg.generators:  # fail fast on a system no generator can serve
+            build_generator(g.name, cfg.elements, cfg.max_atoms, g.options)
+    except (NoCompositionError, ValueError, TypeError) as err:
+        return _fail([f"generators: {err}"])
+    from xtalforge.loop.campaign import Campaign
+
+    camp = Campaign.create(cfg, progress=not a.no_progress)
+    print(f"campaign {cfg.name} in {camp.run_dir}  ({cfg.chemsys}, {cfg.rounds} rounds x "
+          f"{cfg.acquisition.batch_size} relaxations)")
+    camp.run(stop_after=a.stop_after)
+    return 0
+
+
+def _resolve_run(run: str) -> Path:
+    p = Path(run)
+    if not p.exists() and (Path("runs") / run).exists():
+        p = Path("runs") / run
+    return p
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from xtalforge.loop.campaign import Campaign
+    from xtalforge.loop.lock import CampaignLocked
+
+    try:
+        camp = Campaign.open(_resolve_run(a.run), progress=not a.no_progress)
+        print(f"resuming {camp.run_dir}")
+        camp.run(stop_after=a.stop_after)
+    except (FileNotFoundError, CampaignLocked) as err:
+        return _fail([str(err)], 1)
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from xtalforge.config import load_config
+    from xtalforge.loop.store import CampaignStore
+    from xtalforge.types import Status
+
+    run = _resolve_run(a.run)
+    if not (run / "store.db").is_file():
+        return _fail([f"{run} is not a campaign folder"], 1)
+    cfg = load_config(run / "config.yaml")
+    st = CampaignStore(f"sqlite:///{(run / 'store.db').resolve()}")
+    stages = st.stages()
+    done = sum(1 for s in stages.values() if s == "done")
+    ms = st.measurements()
+    ok = [m for m in ms if m.status == Status.ok]
+    print(f"campaign {cfg.name} ({cfg.chemsys}) in {run}")
+    print(f"  rounds done: {done}/{cfg.rounds}" + (
+        f"; round {max(stages) + 1} is at '{stages[max(stages)]}'" if stages and stages[max(stages)] != "done" else ""))
+    print(f"  candidates: {len(st.candidate_ids())}; evaluations: {len(ms)} ({len(ok)} ok, {len(ms) - len(ok)} failed)")
+    if ok:
+        best = min(ok, key=lambda m: m.values.get("e_above_hull", 1e9))
+        print(f"  best e_above_hull at evaluation time: {best.values['e_above_hull']:+.3f} eV/atom ({best.candidate_id})")
+    print(f"  MLflow run: {st.get('mlflow_run_id')} at {cfg.tracking.uri}")
+    st.close()
+    return 0
+
+
+def cmd_ui(a: argparse.Namespace) -> int:
+    import subprocess
+
+    from xtalforge.config import load_config
+
+    uri = a.tracking_uri
+    if uri is None and a.run:
+        uri = load_config(_resolve_run(a.run) / "config.yaml").tracking.uri
+    if uri is None:
+        from xtalforge.loop.tracking import resolve_uri
+
+        uri = resolve_uri("sqlite:///runs/mlflow.db")
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(exe) if exe.exists() else "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", a.host, "--port", str(a.port)]
+    print(" ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xtalforge", description="Closed-loop discovery of inorganic crystals")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="start a campaign from a YAML config")
+    r.add_argument("config")
+    r.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default from the config)")
+    r.add_argument("--output-dir", help="folder for run folders (default: runs)")
+    r.add_argument("--stop-after", type=int, metavar="N", help="stop after N rounds (resume later)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("resume", help="continue a stopped campaign from its store")
+    s.add_argument("run", help="run folder (e.g. runs/quickstart)")
+    s.add_argument("--stop-after", type=int, metavar="N")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=cmd_resume)
+
+    st = sub.add_parser("status", help="where a campaign stands")
+    st.add_argument("run")
+    st.set_defaults(fn=cmd_status)
+
+    u = sub.add_parser("ui", help="open the MLflow UI on a campaign's tracking store")
+    u.add_argument("run", nargs="?")
+    u.add_argument("--tracking-uri")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(fn=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet()
+    a = build_parser().parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""The campaign store: the source of truth, append-only, one transaction per write.
+
+SQLite by default (any SQLAlchemy URL works). Every candidate and every finished measurement
+is committed before the loop moves on, so a campaign killed at any moment resumes without
+losing or recomputing a finished oracle result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Structure
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+from xtalforge.types import Candidate, Measurement, Status
+
+SCHEMA_VERSION = 1
+
+_meta = MetaData()
+
+kv = Table("kv", _meta, Column("key", String, primary_key=True), Column("value", Text))
+
+candidates = Table(
+    "candidates",
+    _meta,
+    Column("id", String, primary_key=True),
+    Column("round", Integer, nullable=False),
+    Column("source", String, nullable=False),
+    Column("formula", String, nullable=False),
+    Column("parents", Text, default="[]"),
+    Column("structure", Text, nullable=False),  # pymatgen JSON
+    Column("meta", Text, default="{}"),
+    Column("features", LargeBinary),  # float64 bytes; recomputable, stored to skip rework
+    Column("at", Float, nullable=False),
+)
+
+measurements = Table(
+    "measurements",
+    _meta,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("candidate_id", String, nullable=False, index=True),
+    Column("oracle", String, nullable=False),
+    Column("fidelity", Integer, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("status", String, nullable=False),
+    Column("values_json", Text, default="{}"),
+    Column("stdev_json", Text, default="{}"),
+    Column("error", Text, default=""),
+    Column("relaxed", Text),
+    Column("cost_s", Float, default=0.0),
+    Column("at", Float, nullable=False),
+    # One final result per candidate and oracle: a retried or resumed evaluation cannot
+    # write a second one.
+    UniqueConstraint("candidate_id", "oracle", name="one_result_per_oracle"),
+)
+
+selections = Table(
+    "selections",
+    _meta,
+    Column("round", Integer, nullable=False),
+    Column("candidate_id", String, nullable=False),
+    Column("oracle", String, nullable=False),
+    Column("acq_value", Float),
+    Column("at", Float, nullable=False),
+    UniqueConstraint("candidate_id", "oracle", name="one_selection_per_oracle"),
+)
+
+rounds = Table(
+    "rounds",
+    _meta,
+    Column("round", Integer, primary_key=True),
+    Column("stage", String, nullable=False),  # generated | selected | done
+    Column("metrics", Text, default="{}"),
+    Column("at", Float, nullable=False),
+)
+
+states = Table(
+    "states",
+    _meta,
+    Column("name", String, primary_key=True),
+    Column("round", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _rec: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL + synchronous=FULL: a commit survives kill -9 and power loss; readers (status, UI)
+    # never block the running campaign.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class CampaignStore:
+    """Durable record of one campaign."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        _meta.create_all(self.engine)
+        with self.engine.begin() as c:
+            row = c.execute(select(kv.c.value).where(kv.c.key == "schema_version")).first()
+            if row is None:
+                c.execute(insert(kv).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- key/value -------------------------------------------------------------------------
+    def get(self, key: str, default: str | None = None) -> str | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(kv.c.value).where(kv.c.key == key)).first()
+        return default if row is None else row[0]
+
+    def put(self, key: str, value: str) -> None:
+        with self.engine.begin() as c:
+            if c.execute(select(kv.c.key).where(kv.c.key == key)).first():
+                c.execute(update(kv).where(kv.c.key == key).values(value=value))
+            else:
+                c.execute(insert(kv).values(key=key, value=value))
+
+    # -- candidates ------------------------------------------------------------------------
+    def add_candidates(self, cands: Sequence[Candidate]) -> int:
+        """Insert the candidates not already stored; returns how many were new."""
+        if not cands:
+            return 0
+        now = time.time()
+        with self.engine.begin() as c:
+            have = {
+                r[0]
+                for r in c.execute(
+                    select(candidates.c.id).where(candidates.c.id.in_([x.id for x in cands]))
+                )
+            }
+            rows, seen = [], set(have)
+            for x in cands:
+                if x.id in seen:
+                    continue
+                seen.add(x.id)
+                rows.append(dict(
+                    id=x.id,
+                    round=x.round,
+                    source=x.source,
+                    formula=x.formula,
+                    parents=json.dumps(x.parents),
+                    structure=x.structure.to_json(),
+                    meta=json.dumps(x.meta, default=float),
+                    at=now,
+                ))
+            if rows:
+                c.execute(insert(candidates), rows)
+        return len(rows)
+
+    def set_features(self, feats: dict[str, np.ndarray]) -> None:
+        with self.engine.begin() as c:
+            for cid, f in feats.items():
+                c.execute(
+                    update(candidates)
+                    .where(candidates.c.id == cid)
+                    .values(features=np.asarray(f, dtype=np.float64).tobytes())
+                )
+
+    def _cand(self, r: Any) -> Candidate:
+        return Candidate(
+            id=r.id,
+            structure=Structure.from_str(r.structure, fmt="json"),
+            source=r.source,
+            round=r.round,
+            parents=json.loads(r.parents or "[]"),
+            meta=json.loads(r.meta or "{}"),
+        )
+
+    def candidates(self, round: int | None = None, ids: Iterable[str] | None = None) -> list[Candidate]:
+        q = select(candidates).order_by(candidates.c.at, candidates.c.id)
+        if round is not None:
+            q = q.where(candidates.c.round == round)
+        if ids is not None:
+            q = q.where(candidates.c.id.in_(list(ids)))
+        with self.engine.connect() as c:
+            return [self._cand(r) for r in c.execute(q)]
+
+    def candidate_ids(self) -> set[str]:
+        with self.engine.connect() as c:
+            return {r[0] for r in c.execute(select(candidates.c.id))}
+
+    def features(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(candidates.c.id, candidates.c.features).where(candidates.c.id.in_(list(ids)))
+            )
+            return {r[0]: np.frombuffer(r[1], dtype=np.float64) for r in rows if r[1] is not None}
+
+    # -- measurements ----------------------------------------------------------------------
+    def add_measurement(self, m: Measurement) -> bool:
+        """Commit one result; False when this candidate already has a result from this oracle."""
+        with self.engine.begin() as c:
+            exists = c.execute(
+                select(measurements.c.pk).where(
+                    (measurements.c.candidate_id == m.candidate_id) & (measurements.c.oracle == m.oracle)
+                )
+            ).first()
+            if exists:
+                return False
+            c.execute(
+                insert(measurements).values(
+                    candidate_id=m.candidate_id,
+                    oracle=m.oracle,
+                    fidelity=int(m.fidelity),
+                    round=m.round,
+                    status=Status(m.status).value,
+                    values_json=json.dumps(m.values),
+                    stdev_json=json.dumps(m.stdev),
+                    error=m.error,
+                    relaxed=m.relaxed.to_json() if m.relaxed is not None else None,
+                    cost_s=m.cost_s,
+                    at=m.at,
+                )
+            )
+        return True
+
+    def measurements(self, oracle: str | None = None, status: Status | None = None) -> list[Measurement]:
+        q = select(measurements).order_by(measurements.c.pk)
+        if oracle:
+            q = q.where(measurements.c.oracle == oracle)
+        if status:
+            q = q.where(measurements.c.status == Status(status).value)
+        with self.engine.connect() as c:
+            return [
+                Measurement(
+                    candidate_id=r.candidate_id,
+                    oracle=r.oracle,
+                    fidelity=r.fidelity,
+                    values=json.loads(r.values_json),
+                    stdev=json.loads(r.stdev_json),
+                    status=Status(r.status),
+                    error=r.error or "",
+                    relaxed=Structure.from_str(r.relaxed, fmt="json") if r.relaxed else None,
+                    cost_s=r.cost_s,
+                    at=r.at,
+                    round=r.round,
+                )
+                for r in c.execute(q)
+            ]
+
+    def measured_ids(self, oracle: str) -> set[str]:
+        with self.engine.connect() as c:
+            return {
+                r[0]
+                for r in c.execute(
+                    select(measurements.c.candidate_id).where(measurements.c.oracle == oracle)
+                )
+            }
+
+    # -- selections and rounds -------------------------------------------------------------
+    def add_selection(self, round: int, oracle: str, picks: Sequence[tuple[str, float]]) -> None:
+        now = time.time()
+        with self.engine.begin() as c:
+            for cid, val in picks:
+                c.execute(
+                    insert(selections).values(
+                        round=round, candidate_id=cid, oracle=oracle, acq_value=float(val), at=now
+                    )
+                )
+
+    def selected(self, oracle: str, round: int | None = None) -> list[str]:
+        q = select(selections.c.candidate_id).where(selections.c.oracle == oracle)
+        if round is not None:
+            q = q.where(selections.c.round == round)
+        with self.engine.connect() as c:
+            return [r[0] for r in c.execute(q.order_by(selections.c.at))]
+
+    def set_stage(self, round: int, stage: str, metrics: dict | None = None) -> None:
+        with self.engine.begin() as c:
+            row = c.execute(select(rounds.c.round).where(rounds.c.round == round)).first()
+            vals = dict(stage=stage, at=time.time())
+            if metrics is not None:
+                vals["metrics"] = json.dumps(metrics, default=float)
+            if row:
+                c.execute(update(rounds).where(rounds.c.round == round).values(**vals))
+            else:
+                c.execute(insert(rounds).values(round=round, **vals))
+
+    def stages(self) -> dict[int, str]:
+        with self.engine.connect() as c:
+            return {r.round: r.stage for r in c.execute(select(rounds).order_by(rounds.c.round))}
+
+    def round_metrics(self) -> dict[int, dict]:
+        with self.engine.connect() as c:
+            return {
+                r.round: json.loads(r.metrics or "{}")
+                for r in c.execute(select(rounds).order_by(rounds.c.round))
+            }
+
+    # -- generator / acquisition state -----------------------------------------------------
+    def save_state(self, name: str, round: int, state: dict) -> None:
+        with self.engine.begin() as c:
+            if c.execute(select(states.c.name).where(states.c.name == name)).first():
+                c.execute(
+                    update(states).where(states.c.name == name).values(round=round, state=json.dumps(state))
+                )
+            else:
+                c.execute(insert(states).values(name=name, round=round, state=json.dumps(state)))
+
+    def load_state(self, name: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(states.c.state).where(states.c.name == name)).first()
+        return None if row is None else json.loads(row[0])
+
+    def integrity_problems(self) -> list[str]:
+        """Cross-table checks a resumed campaign relies on; empty when the store is sound."""
+        problems = []
+        with self.engine.connect() as c:
+            if self.url.startswith("sqlite"):
+                res = c.exec_driver_sql("PRAGMA integrity_check").scalar()
+                if res != "ok":
+                    problems.append(f"sqlite integrity_check: {res}")
+            cids = {r[0] for r in c.execute(select(candidates.c.id))}
+            for (mid,) in c.execute(select(measurements.c.candidate_id)):
+                if mid not in cids:
+                    problems.append(f"measurement for unknown candidate {mid}")
+            for (sid,) in c.execute(select(selections.c.candidate_id)):
+                if sid not in cids:
+                    problems.append(f"selection of unknown candidate {sid}")
+        return problems

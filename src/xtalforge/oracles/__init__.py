@@ -1,0 +1,1 @@
+"""Oracles: the MLIP (CHGNet relaxation), the convex hull, the GP surrogate, labs and tables."""

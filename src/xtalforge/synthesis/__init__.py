@@ -1,0 +1,1 @@
+"""Validity filters, synthesizability models and synthesis-route suggestions."""
