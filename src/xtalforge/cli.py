@@ -1,4 +1,4 @@
-"""xtalforge run | resume | status | report | ui"""
+"""xtalforge run | resume | status | report | ui | lab"""
 
 from __future__ import annotations
 
@@ -125,6 +125,131 @@ def cmd_ui(a: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+# -- lab (issue #8): requests out, measured results in ---------------------------------------
+def _open_lab(run: str):
+    """(lab config, store, run folder) of a campaign with a `lab:` section, or an error line."""
+    from xtalforge.config import ConfigError, load_config
+    from xtalforge.loop.store import CampaignStore
+
+    p = _resolve_run(run)
+    if not (p / "store.db").is_file() or not (p / "config.yaml").is_file():
+        return None, f"{p} is not a campaign folder"
+    try:
+        cfg = load_config(p / "config.yaml")
+    except ConfigError as err:
+        return None, f"{p / 'config.yaml'}: {err}"
+    if cfg.lab is None:
+        return None, f"{p} has no lab: its config has no 'lab:' section"
+    return (cfg.lab, CampaignStore(f"sqlite:///{(p / 'store.db').resolve()}"), p), ""
+
+
+def cmd_lab_token(a: argparse.Namespace) -> int:
+    from xtalforge.oracles.lab_intake import issue_token
+
+    opened, why = _open_lab(a.run)
+    if opened is None:
+        return _fail([why], 1)
+    _lab, st, _p = opened
+    token = issue_token(st)
+    st.close()
+    print(token)
+    print("shown once: only its SHA-256 is stored. Send it as 'Authorization: Bearer <token>'; "
+          "a new token replaces this one.", file=sys.stderr)
+    return 0
+
+
+def cmd_lab_submit(a: argparse.Namespace) -> int:
+    from xtalforge.oracles.lab_intake import submit_results
+    from xtalforge.oracles.lab_validation import MAX_BYTES
+
+    opened, why = _open_lab(a.run)
+    if opened is None:
+        return _fail([why], 1)
+    lab, st, _p = opened
+    f = Path(a.file)
+    fmt = a.format or {".csv": "csv", ".json": "json"}.get(f.suffix.lower())
+    try:
+        if fmt is None:
+            return _fail([f"{f}: say --format csv or json (from the name it is neither)"], 2)
+        if not f.is_file():
+            return _fail([f"{f}: no such file"], 2)
+        if f.stat().st_size > MAX_BYTES:
+            return _fail([f"{f}: over {MAX_BYTES} bytes; split it"], 1)
+        out = submit_results(st, lab.name, f.read_bytes(), fmt, "cli", f.name)
+    finally:
+        st.close()
+    if not out.accepted:
+        return _fail([out.summary(), *(str(p) for p in out.problems)], 1)
+    print(out.summary())
+    return 0
+
+
+def cmd_lab_requests(a: argparse.Namespace) -> int:
+    from xtalforge.oracles.lab import LabOracle
+
+    opened, why = _open_lab(a.run)
+    if opened is None:
+        return _fail([why], 1)
+    lab, st, p = opened
+    rows = st.lab_requests(lab.name, open_only=not a.all)
+    if a.export:
+        LabOracle(lab, st, p).export()
+    st.close()
+    print(f"{len(rows)} {'' if a.all else 'open '}request(s) to lab '{lab.name}'")
+    for r in rows:
+        state = "answered" if r["answered"] else "open"
+        print(f"  {r['candidate_id']}  {r['formula']:<12} round {r['round']}  {state}  "
+              f"{' '.join(q['name'] for q in r['quantities'])}")
+    return 0
+
+
+def cmd_lab_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from xtalforge.oracles.lab_api import create_app
+    from xtalforge.oracles.lab_intake import TOKEN_KEY
+
+    opened, why = _open_lab(a.run)
+    if opened is None:
+        return _fail([why], 1)
+    lab, st, p = opened
+    if st.get(TOKEN_KEY) is None:
+        print(f"warning: no token yet; every call but /health gets 401 until `xtalforge lab token {p}`",
+              file=sys.stderr)
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print("warning: plain HTTP beyond this machine sends the token in clear; put TLS in front",
+              file=sys.stderr)
+    print(f"lab '{lab.name}' of {p} at http://{a.host}:{a.port}  (spec: /openapi.json)")
+    try:
+        uvicorn.run(create_app(st, lab.name), host=a.host, port=a.port, log_level="info")
+    finally:
+        st.close()
+    return 0
+
+
+def _add_lab_parser(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="lab requests and results: token, submit, serve, requests")
+    lsub = lab.add_subparsers(dest="lab_cmd", required=True)
+    t = lsub.add_parser("token", help="create the API's bearer token (printed once; only a hash is kept)")
+    t.add_argument("run")
+    t.set_defaults(fn=cmd_lab_token)
+    s = lsub.add_parser("submit", help="submit a results file (.csv or .json); all or nothing")
+    s.add_argument("run")
+    s.add_argument("file")
+    s.add_argument("--format", choices=["csv", "json"])
+    s.set_defaults(fn=cmd_lab_submit)
+    v = lsub.add_parser("serve", help="serve the lab HTTP API (GET /requests, POST /results)")
+    v.add_argument("run")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8765)
+    v.set_defaults(fn=cmd_lab_serve)
+    r = lsub.add_parser("requests", help="list the lab's requests")
+    r.add_argument("run")
+    r.add_argument("--all", action="store_true", help="answered ones too")
+    r.add_argument("--export", action="store_true", help="rewrite the request files")
+    r.set_defaults(fn=cmd_lab_requests)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xtalforge", description="Closed-loop discovery of inorganic crystals")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -154,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(fn=cmd_ui)
+    _add_lab_parser(sub)
     return p
 
 

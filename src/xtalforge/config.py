@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -54,6 +55,75 @@ class TrackingConfig(_Strict):
     top_k: int = Field(5, ge=0, description="CIFs logged per round")
 
 
+_QUANTITY_NAME = r"[a-z][a-z0-9_]{0,39}"
+
+
+class LabQuantity(_Strict):
+    """One quantity a lab measures, e.g. band_gap (eV, float) or made (bool)."""
+
+    name: str = Field(description="snake_case name, e.g. band_gap, made, lattice_a")
+    unit: str = Field("", max_length=20, description="for people; values are taken as given in it")
+    kind: Literal["float", "bool"] = "float"
+    min: float | None = Field(None, description="lowest accepted value (float quantities)")
+    max: float | None = Field(None, description="highest accepted value (float quantities)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(_QUANTITY_NAME, v):
+            raise ValueError("use lower-case letters, digits and '_' (it names a CSV column)")
+        if v in ("candidate_id", "status", "error") or v.endswith("_stdev"):
+            raise ValueError(f"'{v}' is reserved in result files")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> LabQuantity:
+        if self.kind == "bool" and (self.min is not None or self.max is not None):
+            raise ValueError("a bool quantity takes no min/max")
+        for b in (self.min, self.max):
+            if b is not None and not math.isfinite(b):
+                raise ValueError("min and max must be finite numbers")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class LabConfig(_Strict):
+    """A lab (or any slow, human-run oracle) answering requests asynchronously, at fidelity 2."""
+
+    name: str = Field("lab", description="the oracle name its measurements are stored under")
+    quantities: list[LabQuantity]
+    requests_per_round: int = Field(2, ge=0, description="lab requests sent per round")
+    export_dir: str = Field("lab/requests", description="request files; relative to the run folder")
+    wait: bool = Field(False, description="hold each round until its requests are answered")
+    wait_timeout_s: float = Field(3600.0, gt=0, description="longest a round waits, seconds")
+    trains: str | None = Field(
+        None, description="a quantity that measures e_above_hull (eV/atom); its lab values "
+        "replace the MLIP value in the surrogate's training set")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", v):
+            raise ValueError("use letters, digits, '_', '-' (it names an oracle)")
+        if v == "mlip":
+            raise ValueError("'mlip' is the MLIP oracle's name")
+        return v
+
+    @model_validator(mode="after")
+    def _quantities(self) -> LabConfig:
+        names = [q.name for q in self.quantities]
+        if not names:
+            raise ValueError("quantities: name at least one")
+        if len(set(names)) != len(names):
+            raise ValueError("quantities: each name may appear once")
+        if self.trains is not None:
+            q = next((q for q in self.quantities if q.name == self.trains), None)
+            if q is None or q.kind != "float":
+                raise ValueError(f"trains: '{self.trains}' is not a float quantity of this lab")
+        return self
+
+
 class CampaignConfig(_Strict):
     name: str = "campaign"
     chemical_system: list[str]
@@ -61,6 +131,7 @@ class CampaignConfig(_Strict):
     rounds: int = Field(3, gt=0)
     proposals_per_round: int = Field(60, gt=0)
     seed: int = 0
+    update_generators: bool = Field(True, description="False freezes generators (an ablation)")
     generators: list[GeneratorConfig] = Field(
         default_factory=lambda: [GeneratorConfig(name="random_symmetric")]
     )
@@ -70,6 +141,7 @@ class CampaignConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: str = "runs"
+    lab: LabConfig | None = Field(None, description="a lab oracle answering asynchronously")
 
     @field_validator("name")
     @classmethod

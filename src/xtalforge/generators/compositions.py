@@ -12,14 +12,21 @@ def is_charge_balanced(comp: Composition | str, commonality: str | float = "medi
     """SMACT charge neutrality + Pauling electronegativity test, with ICSD-24 oxidation states.
 
     "medium" commonality drops rare states (O-1 in TiO4, Ca+1 in Ca2O) that SMACT's default
-    "low" accepts; mixed valence (Fe3O4) is allowed."""
-    from smact.screening import ICSD24FilterConfig, smact_validity
-
+    "low" accepts; mixed valence (Fe3O4) is allowed. Answers are memoized by reduced formula:
+    one SMACT call costs ~10-70 ms and generators ask about the same few formulas thousands of
+    times."""
     comp = Composition(comp)
     if len(comp.elements) == 1:
         return True
-    return bool(smact_validity(comp, use_pauling_test=True, include_alloys=False, mixed_valence=True,
-                               icsd_filter=ICSD24FilterConfig(commonality=commonality)))
+    return _smact_balanced(comp.reduced_formula, commonality)
+
+
+@lru_cache(maxsize=4096)
+def _smact_balanced(reduced_formula: str, commonality: str | float) -> bool:
+    from smact.screening import ICSD24FilterConfig, smact_validity
+
+    return bool(smact_validity(Composition(reduced_formula), use_pauling_test=True, include_alloys=False,
+                               mixed_valence=True, icsd_filter=ICSD24FilterConfig(commonality=commonality)))
 
 
 @lru_cache(maxsize=64)

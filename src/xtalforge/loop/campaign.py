@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 ORACLE = "mlip"
 
 
+def _timed(timings: dict[str, float]) -> dict[str, float]:
+    return {f"time_{k}_s": v for k, v in timings.items()}
+
+
 @dataclass
 class RoundStats:
     round: int
@@ -56,6 +60,8 @@ class Campaign:
         self._owns_ray = False
         # surrogate's (mean, stdev) of e_above_hull at pick time, to score its calibration
         self._predicted: dict[str, tuple[float, float]] = {}
+        self._pending_states: dict[str, dict] = {}
+        self.lab_oracle = None  # lab: the LabOracle, built on first use (issue #8)
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -178,9 +184,17 @@ class Campaign:
                             rng=np.random.default_rng([self.cfg.seed, r]), history=hist)
 
     def _round(self, r: int, stage: str | None) -> RoundStats:
+        """One round, resumable at each stage boundary.
+
+        Stages: (none) -> generated -> selected -> updated -> done. Each boundary is one store
+        transaction, so a kill between two boundaries repeats at most the work since the last
+        one, and never an oracle result that was already committed."""
         cfg, timings, metrics = self.cfg, {}, {}
+        t_round = time.perf_counter()
+        self._load_predictions()
         self.echo(f"── round {r + 1}/{cfg.rounds} ──")
         ctx = self._ctx(r)
+        metrics.update(self._lab_collect())  # lab: results that came in, before the surrogate fit
         if stage is None:
             t = time.perf_counter()
             metrics.update(self._generate(r, ctx))
@@ -188,34 +202,49 @@ class Campaign:
             t = time.perf_counter()
             self._featurize()
             timings["featurize"] = time.perf_counter() - t
-            self.store.set_stage(r, "generated")
+            self.store.set_stage(r, "generated", {**metrics, **_timed(timings)})
             stage = "generated"
         if stage == "generated":
+            metrics.update(self.store.round_metrics().get(r, {}))
             t = time.perf_counter()
             metrics.update(self._select(r))
             timings["acquire"] = time.perf_counter() - t
-            self.store.set_stage(r, "selected", metrics)
+            self._save_predictions(r)  # before the stage mark: parity plots survive a resume
+            self.store.set_stage(r, "selected", {**metrics, **_timed(timings)})
+            stage = "selected"
         else:
             metrics.update(self.store.round_metrics().get(r, {}))
-        t = time.perf_counter()
-        results = self._evaluate(r)
-        timings["oracle"] = time.perf_counter() - t
-        t = time.perf_counter()
-        metrics.update(self._update(r, results))
-        timings["update"] = time.perf_counter() - t
+        if stage == "selected":
+            t = time.perf_counter()
+            results = self._evaluate(r)
+            timings["oracle"] = time.perf_counter() - t
+            busy = self.oracle.busy_s if self.oracle else 0.0
+            if timings["oracle"] > 0:
+                metrics["oracle_utilization"] = min(1.0, busy / (timings["oracle"] * self.cfg.mlip.workers))
+            self.oracle.busy_s = 0.0
+            t = time.perf_counter()
+            metrics.update(self._update(r, results))
+            timings["update"] = time.perf_counter() - t
+            # generator states and the stage move together: a resumed round never applies
+            # the same rewards twice
+            self.store.set_stage(r, "updated", {**metrics, **_timed(timings)},
+                                 states=self._pending_states)
+            self._pending_states = {}
+        else:
+            results = self._results(r)
+        metrics.update(self._lab_request(r))  # lab: this round's requests (idempotent); waits only if configured
+        metrics = {**self.store.round_metrics().get(r, {}), **metrics}
         metrics.update(self._round_metrics(r, results))
-        for k, v in timings.items():
-            metrics[f"time_{k}_s"] = v
-        busy = self.oracle.busy_s if self.oracle else 0.0
-        if timings.get("oracle"):
-            metrics["oracle_utilization"] = min(1.0, busy / (timings["oracle"] * self.cfg.mlip.workers))
-        self.oracle.busy_s = 0.0
+        metrics.update(_timed(timings))
         t = time.perf_counter()
         report.write_round(self, r, metrics)
         metrics["time_record_s"] = time.perf_counter() - t
-        self.store.set_stage(r, "done", metrics)
+        metrics["time_round_s"] = time.perf_counter() - t_round
+        # MLflow before the 'done' mark, skipping a step it already holds: a kill between the
+        # two repeats this block but never logs a step twice
         if self.tracker and r not in self.tracker.logged_steps("best_e_above_hull"):
             self.tracker.log_metrics(metrics, step=r)
+        self.store.set_stage(r, "done", metrics)
         report.print_round(self, r, metrics)
         return RoundStats(r, metrics)
 
@@ -258,7 +287,7 @@ class Campaign:
         self.store.set_features(feats)
 
     def _training_data(self, feats: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray, np.ndarray]:
-        e_hull = self.hull.all_e_above_hull()
+        e_hull = self._lab_targets(self.hull.all_e_above_hull())  # lab: fidelity-2 values win
         ids = [cid for cid, m in self.measured.items() if m.status == Status.ok and cid in feats and cid in e_hull]
         if not ids:
             return [], np.zeros((0, 0)), np.zeros(0)
@@ -281,6 +310,7 @@ class Campaign:
         rng = np.random.default_rng([cfg.seed, r, 1])
         train_ids, X_train, y = self._training_data(feats)
         pending_ids = [i for i in chosen if i not in self.measured and i in feats]
+        pending_ids += self._lab_pending(feats, pending_ids)  # lab: requests out at the lab are pending too
         X_pending = np.stack([feats[i] for i in pending_ids]) if pending_ids else None
         q = cfg.acquisition.batch_size
         if cfg.acquisition.kind == "random":
@@ -307,6 +337,7 @@ class Campaign:
         cands = {c.id: c for c in self.store.candidates(ids=todo_ids)}
         todo = [cands[i] for i in todo_ids if i in cands]
         if todo:
+            self.store.log_event("submit", [c.id for c in todo], r, ORACLE)
             self.oracle.submit(todo, round=r)
             bar = report.progress(len(todo), f"relax ({self.cfg.mlip.workers} workers)", self.progress)
 
@@ -320,11 +351,25 @@ class Campaign:
 
             self.oracle.drain(keep)
             bar.close()
+        return self._results(r)
+
+    def _results(self, r: int) -> list[tuple[Candidate, Measurement]]:
+        """This round's picks with their stored results (current e_above_hull filled in)."""
         ids = self.store.selected(ORACLE, round=r)
         cands = {c.id: c for c in self.store.candidates(ids=ids)}
-        return [(cands[i], self.measured[i]) for i in ids if i in self.measured and i in cands]
+        e_hull = self.hull.all_e_above_hull()
+        out = []
+        for i in ids:
+            if i in self.measured and i in cands:
+                m = self.measured[i]
+                if i in e_hull:
+                    m.values["e_above_hull"] = e_hull[i]
+                out.append((cands[i], m))
+        return out
 
     def _update(self, r: int, results: list[tuple[Candidate, Measurement]]) -> dict[str, float]:
+        if not self.cfg.update_generators:
+            return {}
         e_hull = self.hull.all_e_above_hull()
         ok = []
         for c, m in results:
@@ -336,25 +381,37 @@ class Campaign:
             own = [(c, m) for c, m in ok if c.source == gen.name]
             for k, v in gen.update(own).items():
                 metrics[f"gen_{gen.name}_{k}"] = v
-            self.store.save_state(f"generator:{gen.name}", r, gen.state_dict())
+            self._pending_states[f"generator:{gen.name}"] = gen.state_dict()
         return metrics
 
     def _round_metrics(self, r: int, results: list[tuple[Candidate, Measurement]]) -> dict[str, float]:
-        thr = self.cfg.hull.stable_threshold
+        """Hits, evaluations per oracle, novelty per generator, surrogate calibration and the
+        hypervolume; names, units and meanings are in tracking.ROUND_METRICS."""
+        from xtalforge.loop.metrics import e_hull_p_synth_hypervolume
+
         e_hull = self.hull.all_e_above_hull()
         ok = [m for m in self.measured.values() if m.status == Status.ok]
         evals = len(self.measured)
-        sun = [k for k, v in e_hull.items() if v <= thr + 1e-9]
+        hits = self._hits(e_hull)
         this = [m for _, m in results]
         out = {
             "evaluations_mlip": float(len(this)),
             "failed_mlip": float(sum(m.status != Status.ok for m in this)),
             "evaluations_total": float(evals),
-            "sun_count": float(len(sun)),
-            "sun_rate": float(len(sun) / evals) if evals else 0.0,
+            "evaluations_total_mlip": float(evals),
+            "failed_total_mlip": float(sum(m.status != Status.ok for m in self.measured.values())),
+            "sun_count": float(len(hits)),
+            "sun_rate": float(len(hits) / evals) if evals else 0.0,
             "best_e_above_hull": float(min(e_hull.values())) if e_hull else float("nan"),
             "ok_total": float(len(ok)),
         }
+        # the store keeps only unique candidates, so this round's stored ones are its unique ones
+        fresh = self.store.candidates(round=r)
+        novel = self._novel(fresh)
+        for gen in self.generators:
+            out[f"novel_{gen.name}"] = float(sum(c.id in novel for c in fresh if c.source == gen.name))
+        out["novel"] = float(sum(out[f"novel_{g.name}"] for g in self.generators))
+        out.update(self._other_oracle_counts(r))
         errs = [abs(self._predicted[c.id][0] - e_hull[c.id]) for c, m in results
                 if c.id in self._predicted and c.id in e_hull]
         if errs:
@@ -363,8 +420,173 @@ class Campaign:
                  for c, m in results if c.id in self._predicted and c.id in e_hull]
             out["surrogate_within_1sigma"] = float(np.mean([v <= 1 for v in z]))
             out["surrogate_within_2sigma"] = float(np.mean([v <= 2 for v in z]))
+        pairs = self._p_synth(e_hull)
+        if pairs:
+            out["hypervolume"] = e_hull_p_synth_hypervolume(*zip(*pairs))
         return out
 
+    # -- monitoring helpers (tracking, plots, report) ---------------------------------------
+    def _reference_structures(self) -> list:
+        """Known structures for the novelty check: CIFs the config names (`reference_structures`,
+        files or folders) plus the structures of hull reference entries that carry one."""
+        if getattr(self, "_refs", None) is None:
+            from xtalforge.loop.metrics import load_reference_structures
+
+            paths = getattr(self.cfg, "reference_structures", None) or []
+            refs = load_reference_structures(paths)
+            refs += [e.structure for e in self.hull.references if getattr(e, "structure", None) is not None]
+            self._refs = refs
+        return self._refs
+
+    def _novel(self, cands: list[Candidate]) -> set[str]:
+        """Ids among `cands` that match no reference structure (cached: a verdict never changes)."""
+        from xtalforge.loop.metrics import novel_ids
+
+        if getattr(self, "_novelty", None) is None:
+            self._novelty: dict[str, bool] = {}
+        todo = [c for c in cands if c.id not in self._novelty]
+        if todo:
+            new = novel_ids(todo, self._reference_structures())
+            self._novelty.update({c.id: c.id in new for c in todo})
+        return {c.id for c in cands if self._novelty[c.id]}
+
+    def _hits(self, e_hull: dict[str, float] | None = None) -> set[str]:
+        """Evaluated candidates that are stable within hull.stable_threshold, unique and novel."""
+        from xtalforge.loop.metrics import hit_ids
+
+        e_hull = self.hull.all_e_above_hull() if e_hull is None else e_hull
+        thr = self.cfg.hull.stable_threshold
+        stable = [k for k, v in e_hull.items() if v <= thr + 1e-9]
+        novel = self._novel(self.store.candidates(ids=stable)) if stable else set()
+        return set(hit_ids(e_hull, novel, thr))
+
+    def _p_synth(self, e_hull: dict[str, float]) -> list[tuple[float, float]]:
+        """(e_above_hull, p_synth) of evaluated candidates that carry a synthesizability score,
+        in a measurement's values or the candidate's meta; empty when none does."""
+        ids = [k for k in e_hull if k in self.measured]
+        out = []
+        for c in self.store.candidates(ids=ids):
+            v = self.measured[c.id].values.get("p_synth", (c.meta or {}).get("p_synth"))
+            if isinstance(v, (int, float)) and np.isfinite(v):
+                out.append((e_hull[c.id], float(v)))
+        return out
+
+    def _other_oracle_counts(self, r: int) -> dict[str, float]:
+        """evaluations_/failed_ for each oracle besides the MLIP (a lab answers days later, so
+        its count is what arrived since the previous round was recorded)."""
+        lab = getattr(self.cfg, "lab", None)
+        if lab is None:
+            return {}
+        prev = self.store.round_metrics().get(r - 1, {})
+        ms = self.store.measurements(oracle=lab.name)
+        total, failed = len(ms), sum(m.status != Status.ok for m in ms)
+        return {f"evaluations_{lab.name}": float(total - prev.get(f"evaluations_total_{lab.name}", 0)),
+                f"failed_{lab.name}": float(failed - prev.get(f"failed_total_{lab.name}", 0)),
+                f"evaluations_total_{lab.name}": float(total), f"failed_total_{lab.name}": float(failed)}
+
+    def _prediction_rounds(self) -> dict[str, int]:
+        if getattr(self, "_predicted_round", None) is None:
+            self._predicted_round: dict[str, int] = {}
+        return self._predicted_round
+
+    def _load_predictions(self) -> None:
+        """The surrogate's pick-time predictions, back from the store after a resume."""
+        rounds = self._prediction_rounds()
+        for cid, (mean, std, rr) in (self.store.load_state("surrogate_predictions") or {}).items():
+            self._predicted.setdefault(cid, (float(mean), float(std)))
+            rounds.setdefault(cid, int(rr))
+
+    def _save_predictions(self, r: int) -> None:
+        rounds = self._prediction_rounds()
+        state = {}
+        for cid, (mean, std) in self._predicted.items():
+            state[cid] = [mean, std, rounds.setdefault(cid, r)]
+        if state:
+            self.store.save_state("surrogate_predictions", r, state)
+
+    def _predictions(self) -> dict[str, tuple[float, float, int]]:
+        """candidate id -> (predicted e_above_hull, its stdev, both eV/atom; round picked)."""
+        rounds = self._prediction_rounds()
+        return {cid: (m, s, rounds.get(cid, -1)) for cid, (m, s) in self._predicted.items()}
+
+    def _synthesis_routes(self) -> dict[str, list[dict]] | None:
+        """Hook for the synthesis planner: candidate id -> suggested routes (dicts such as
+        precursors, temperature_C, score), best first. None: no planner ran."""
+        return None
+
     def _final_report(self) -> None:
-        paths = report.write_final(self)
+        self._load_predictions()
+        paths = report.write_final(self, routes=self._synthesis_routes())
         report.print_final(self, paths)
+
+    # -- lab oracle (issue #8): requests out, results in; never blocks unless configured ---
+    def _lab(self):
+        """The LabOracle when the config has a `lab:` section, built on first use."""
+        if self.cfg.lab is None:
+            return None
+        if self.lab_oracle is None:
+            from xtalforge.oracles.lab import LabOracle
+
+            self.lab_oracle = LabOracle(self.cfg.lab, self.store, self.run_dir)
+        return self.lab_oracle
+
+    def _lab_collect(self) -> dict[str, float]:
+        """Take in lab results that arrived since the last look: inbox files are checked here;
+        the HTTP API and `xtalforge lab submit` have already committed theirs to the store."""
+        lab = self._lab()
+        if lab is None:
+            return {}
+        new = lab.collect(0.0)
+        for path, out in lab.last_inbox:
+            self.echo(f"  lab inbox: {path.name}: {out.summary()}")
+        if new:
+            self.echo(f"  lab '{lab.name}': {len(new)} new result(s), {len(lab.results)} in all")
+        return {"lab_results_new": float(len(new))}
+
+    def _lab_request(self, r: int) -> dict[str, float]:
+        """Round r's lab requests: the most promising MLIP results not yet sent. Idempotent: a
+        resumed round re-sends its stored picks and the store keeps one request per candidate.
+        With `lab.wait`, holds the round until they are answered or lab.wait_timeout_s passes."""
+        from xtalforge.oracles.lab import choose_for_lab
+
+        lab, lcfg = self._lab(), self.cfg.lab
+        if lab is None:
+            return {}
+        picked = self.store.selected(lab.name, round=r)
+        if not picked and lcfg.requests_per_round > 0:
+            sent = {q["candidate_id"] for q in self.store.lab_requests(lab.name)} | set(self.store.selected(lab.name))
+            picks = choose_for_lab(self.measured, self.hull.all_e_above_hull(), sent, lcfg.requests_per_round)
+            self.store.add_selection(r, lab.name, picks)
+            picked = [cid for cid, _ in picks]
+        cands = self.store.candidates(ids=picked)
+        routes = self._synthesis_routes() or {}
+        for c in cands:
+            if routes.get(c.id):
+                c.meta.setdefault("synthesis_route", routes[c.id][0])
+        new = lab.submit(cands, round=r)
+        if new:
+            self.echo(f"  lab '{lab.name}': {new} request(s) sent to {lab.export_dir}")
+        out = {"lab_requests_new": float(new)}
+        if lcfg.wait and picked:
+            t = time.perf_counter()
+            got = lab.wait_for(picked, lcfg.wait_timeout_s)
+            out["time_lab_wait_s"] = time.perf_counter() - t
+            out["lab_results_waited"] = float(len(got))
+        out["lab_requests_open"] = float(len(lab.pending()))
+        out["lab_results_total"] = float(len(lab.results))
+        return out
+
+    def _lab_pending(self, feats: dict[str, np.ndarray], already: list[str]) -> list[str]:
+        """Candidates out at the lab, as pending points for the acquisition."""
+        lab = self._lab()
+        if lab is None:
+            return []
+        return [i for i in lab.pending() if i in feats and i not in already]
+
+    def _lab_targets(self, e_hull: dict[str, float]) -> dict[str, float]:
+        """e_above_hull (eV/atom) with lab values of `lab.trains` put over the MLIP values:
+        where the lab measured the surrogate's target, the higher fidelity wins."""
+        lab = self._lab()
+        if lab is None or self.cfg.lab.trains is None:
+            return e_hull
+        return {**e_hull, **lab.values(self.cfg.lab.trains)}

@@ -1,24 +1,54 @@
-"""What a person reads: the terminal summary, CIFs and CSV tables, MLflow artifacts."""
+"""What a person reads: the terminal summary, CIFs and CSV tables, plots, MLflow artifacts and
+the final report.
+
+Every file lands in the run folder first and is then copied to MLflow, so the run folder alone
+is a complete record even when the tracking server is unreachable.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import math
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from xtalforge.loop import plots
 from xtalforge.types import Status
 
 if TYPE_CHECKING:
     from xtalforge.loop.campaign import Campaign
 
+# plot file stem -> MLflow image key; the keys are part of the dashboard's contract
+PLOTS = {
+    "discovery_curve": "discovery_curve",
+    "convex_hull": "convex_hull",
+    "pareto_front": "pareto_front",
+    "surrogate_parity": "surrogate_parity",
+}
+
 
 def progress(total: int, desc: str, enabled: bool = True) -> tqdm:
     return tqdm(total=total, desc=f"  {desc}", disable=not enabled, leave=False, file=sys.stderr,
                 dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def stage(desc: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner on stderr while a stage without a natural count runs (only on a terminal)."""
+    if not enabled or not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"  {desc}…", spinner="dots"):
+        yield
 
 
 def safe_name(s: str) -> str:
@@ -34,16 +64,28 @@ def spacegroup(structure) -> str:
         return "?"
 
 
+def _second_value(cand, m) -> float:
+    v = m.values.get("p_synth", cand.meta.get("p_synth") if cand.meta else None)
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
 def ranked(c: Campaign) -> list[dict]:
-    """Every evaluated candidate with its current e_above_hull, best first; failures last."""
+    """Every evaluated candidate with its current e_above_hull, best first; failures last.
+
+    Each row says how the candidate was found (generator, round, parents), whether it is a hit,
+    and what the surrogate predicted for it when it was picked."""
     e_hull = c.hull.all_e_above_hull()
     cands = {x.id: x for x in c.store.candidates(ids=list(c.measured))}
+    hits = c._hits()
+    novel = c._novel(list(cands.values()))
+    pred = c._predictions()
     rows = []
     for cid, m in c.measured.items():
         cand = cands.get(cid)
         if cand is None:
             continue
         s = m.relaxed if m.relaxed is not None else cand.structure
+        p = pred.get(cid, (float("nan"), float("nan"), -1))
         rows.append({
             "id": cid,
             "formula": s.composition.reduced_formula,
@@ -52,8 +94,16 @@ def ranked(c: Campaign) -> list[dict]:
             "e_above_hull": e_hull.get(cid, float("nan")),
             "e_form_per_atom": m.values.get("e_form_per_atom", float("nan")),
             "energy_per_atom": m.values.get("energy_per_atom", float("nan")),
+            "density": m.values.get("density", float("nan")),
+            "p_synth": _second_value(cand, m),
+            "hit": cid in hits,
+            "novel": cid in novel,
+            "pred_e_above_hull": p[0],
+            "pred_e_above_hull_std": p[1],
             "source": cand.source,
             "round": cand.round,
+            "evaluated_round": m.round,
+            "parents": ";".join(cand.parents),
             "status": m.status.value,
             "error": m.error,
             "_structure": s,
@@ -70,15 +120,69 @@ def _write_csv(rows: list[dict], path: Path) -> None:
         w.writerows(rows)
 
 
+def _cif_header(d: dict) -> str:
+    """CIF comment lines with the candidate's values: a CIF file read alone still says what it is."""
+    lines = [f"# xtalforge candidate {d['id']} ({d['formula']}, {d['spacegroup']})",
+             f"# e_above_hull {d['e_above_hull']:+.4f} eV/atom; e_form {d['e_form_per_atom']:+.4f} eV/atom"
+             f"; hit: {'yes' if d['hit'] else 'no'}",
+             f"# found by {d['source']} in round {d['round'] + 1}"
+             + (f" from parents {d['parents']}" if d["parents"] else "")]
+    if math.isfinite(d["pred_e_above_hull"]):
+        lines.append(f"# surrogate predicted {d['pred_e_above_hull']:+.4f} ± {d['pred_e_above_hull_std']:.4f} eV/atom")
+    return "\n".join(lines) + "\n"
+
+
 def _write_cifs(rows: list[dict], folder: Path, k: int) -> list[Path]:
+    """The top `k` successful candidates as CIFs with their values, plus top_candidates.csv."""
     from pymatgen.io.cif import CifWriter
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for rank, d in enumerate([x for x in rows if x["status"] == "ok"][:k], start=1):
+    top = [x for x in rows if x["status"] == "ok"][:k]
+    for rank, d in enumerate(top, start=1):
         p = folder / safe_name(f"{rank:02d}_{d['formula']}_{d['id']}.cif")
-        CifWriter(d["_structure"], symprec=0.1).write_file(str(p))
+        p.write_text(_cif_header(d) + str(CifWriter(d["_structure"], symprec=0.1)))
         out.append(p)
+    if top:
+        _write_csv(top, folder / "top_candidates.csv")
+    return out
+
+
+def write_plots(c: Campaign, rows: list[dict], folder: Path) -> dict[str, Path]:
+    """The four dashboard plots from the campaign's current state, as PNGs in `folder`.
+
+    A plot that fails is replaced by a figure naming the error: a figure must never stop a
+    campaign, and a missing image in the dashboard would hide that something went wrong."""
+    thr = c.cfg.hull.stable_threshold
+    out: dict[str, Path] = {}
+    order = list(c.measured)  # insertion order: the order results landed
+    by_id = {d["id"]: d for d in rows}
+    seq = [by_id[i] for i in order if i in by_id]
+    ok = [d for d in rows if d["status"] == "ok"]
+    has_p = any(math.isfinite(d["p_synth"]) for d in ok)
+    predicted = [d for d in ok if math.isfinite(d["pred_e_above_hull"])]
+    title = f"{c.cfg.chemsys}: {sum(d['hit'] for d in rows)} hits in {len(rows)} oracle calls"
+    jobs = {
+        "discovery_curve": lambda p: plots.discovery_curve(
+            p, [d["e_above_hull"] if d["status"] == "ok" else float("nan") for d in seq],
+            [d["hit"] for d in seq], [d["evaluated_round"] for d in seq], thr, title),
+        "convex_hull": lambda p: plots.hull_plot(
+            p, c.hull.phase_diagram, c.hull.campaign, c.hull.all_e_above_hull(), thr,
+            title=f"Convex hull of {c.cfg.chemsys} (MP elements + this campaign)"),
+        "pareto_front": lambda p: plots.pareto_plot(
+            p, [d["e_above_hull"] for d in ok], [d["p_synth" if has_p else "density"] for d in ok],
+            "p_synth" if has_p else "density (g/cm³)", [d["formula"] for d in ok],
+            title="" if has_p else "e_above_hull vs density (no synthesizability score in this campaign)"),
+        "surrogate_parity": lambda p: plots.parity_plot(
+            p, [d["e_above_hull"] for d in predicted], [d["pred_e_above_hull"] for d in predicted],
+            [d["pred_e_above_hull_std"] for d in predicted], [d["evaluated_round"] for d in predicted]),
+    }
+    for name, job in jobs.items():
+        path = folder / f"{name}.png"
+        try:
+            out[name] = job(path)
+        except Exception as err:
+            out[name] = plots.message(path, name.replace("_", " "), f"plot failed: {type(err).__name__}: {err}")
     return out
 
 
@@ -88,27 +192,120 @@ def write_round(c: Campaign, r: int, metrics: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _write_csv(rows, folder / "candidates.csv")
     _write_cifs(rows, folder / "cifs", c.cfg.tracking.top_k)
+    figs = write_plots(c, rows, folder / "plots")
     if c.tracker is not None:
         c.tracker.log_artifacts(folder, f"rounds/round_{r:03d}")
+        if (c.run_dir / "config.yaml").is_file():
+            c.tracker.log_artifact(c.run_dir / "config.yaml")
+        for name, path in figs.items():
+            c.tracker.log_image(path, key=PLOTS[name], step=r)
+        c.tracker.set_description(run_description(c, r, metrics, rows))
+
+
+def run_description(c: Campaign, r: int, m: dict, rows: list[dict]) -> str:
+    """Markdown for the top of the MLflow run page: where the campaign stands, its best finds."""
+    lines = [f"**{c.cfg.chemsys}**, round {r + 1} of {c.cfg.rounds}: "
+             f"{int(m.get('sun_count', 0))} hits in {int(m.get('evaluations_total', 0))} oracle calls, "
+             f"best e_above_hull {m.get('best_e_above_hull', float('nan')):+.3f} eV/atom.", "",
+             "| # | formula | space group | e_above_hull (eV/atom) | found by | round |",
+             "|---|---|---|---|---|---|"]
+    for i, d in enumerate([x for x in rows if x["status"] == "ok"][:5], 1):
+        lines.append(f"| {i} | {d['formula']} | {d['spacegroup']} | {d['e_above_hull']:+.3f} "
+                     f"| {d['source']} | {d['round'] + 1} |")
+    lines += ["", "Plots: artifacts `rounds/round_NNN/plots/`; final report: `report/report.html`."]
+    return "\n".join(lines)
+
+
+def _fmt(v: float, spec: str = ".3f") -> str:
+    return "—" if v is None or not math.isfinite(float(v)) else format(float(v), spec)
 
 
 def print_round(c: Campaign, r: int, m: dict) -> None:
-    best = m.get("best_e_above_hull", float("nan"))
-    c.echo(
-        f"  round {r + 1}: {int(m.get('evaluations_mlip', 0))} relaxed "
-        f"({int(m.get('failed_mlip', 0))} failed), best e_above_hull {best:+.3f} eV/atom, "
-        f"{int(m.get('sun_count', 0))} on the hull, oracle {m.get('time_oracle_s', 0):.0f} s"
-    )
+    """A one-screen summary of the round: per generator, then results, surrogate and timings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"round {r + 1}/{c.cfg.rounds} · {c.cfg.chemsys}", title_justify="left")
+    for col in ("generator", "proposed", "valid", "unique", "novel", "evaluated", "hits"):
+        t.add_column(col, justify="left" if col == "generator" else "right")
+    rows = {d["id"]: d for d in ranked(c)}
+    for g in c.generators:
+        mine = [d for d in rows.values() if d["source"] == g.name]
+        t.add_row(g.name, *(str(int(m.get(f"{k}_{g.name}", 0))) for k in ("proposals", "valid", "unique", "novel")),
+                  str(sum(d["evaluated_round"] == r for d in mine)), str(sum(d["hit"] for d in mine)))
+    t.add_row("[b]all[/b]", *(str(int(m.get(k, 0))) for k in ("proposals", "valid", "unique", "novel")),
+              str(int(m.get("evaluations_mlip", 0))), str(int(m.get("sun_count", 0))))
+    stages = ("generate", "featurize", "acquire", "oracle", "update", "record")
+    lines = [
+        f"best e_above_hull {_fmt(m.get('best_e_above_hull'), '+.3f')} eV/atom · hits {int(m.get('sun_count', 0))} "
+        f"({_fmt(m.get('sun_rate'), '.1%')} of {int(m.get('evaluations_total', 0))} calls) · "
+        f"failed {int(m.get('failed_mlip', 0))} · oracle use {_fmt(m.get('oracle_utilization'), '.0%')}",
+        f"surrogate MAE {_fmt(m.get('surrogate_mae_last_round'))} eV/atom, within 1σ "
+        f"{_fmt(m.get('surrogate_within_1sigma'), '.0%')} · " + " ".join(
+            f"{s} {_fmt(m.get(f'time_{s}_s'), '.1f')}s" for s in stages),
+    ]
+    buf = io.StringIO()
+    con = Console(file=buf, width=110, force_terminal=sys.stdout.isatty())
+    con.print(t)
+    for line in lines:
+        con.print("  " + line, highlight=False)
+    c.echo(buf.getvalue().rstrip("\n"))
 
 
-def write_final(c: Campaign) -> dict[str, Path]:
+# -- the end of a campaign ----------------------------------------------------------------
+def write_final(c: Campaign, routes: dict[str, list[dict]] | None = None) -> dict[str, Path]:
+    """candidates.csv, top_cifs/ and the report (report/report.md and .html) in the run folder,
+    all copied to MLflow. `routes` maps candidate id to synthesis routes for the report."""
     rows = ranked(c)
     _write_csv(rows, c.run_dir / "candidates.csv")
     cifs = _write_cifs(rows, c.run_dir / "top_cifs", max(c.cfg.tracking.top_k, 10))
+    figs = write_plots(c, rows, c.run_dir / "report" / "plots")
+    md, html = write_report(c, rows, figs, c.run_dir / "report", routes)
     if c.tracker is not None:
         c.tracker.log_artifact(c.run_dir / "candidates.csv")
         c.tracker.log_artifacts(c.run_dir / "top_cifs", "top_cifs")
-    return {"csv": c.run_dir / "candidates.csv", "cifs": c.run_dir / "top_cifs", "n_cifs": len(cifs)}
+        c.tracker.log_artifacts(c.run_dir / "report", "report")
+    return {"csv": c.run_dir / "candidates.csv", "cifs": c.run_dir / "top_cifs", "n_cifs": len(cifs),
+            "report_md": md, "report_html": html}
+
+
+def write_report(c: Campaign, rows: list[dict], figs: dict[str, Path], folder: Path,
+                 routes: dict[str, list[dict]] | None = None, top: int = 10) -> tuple[Path, Path]:
+    """The campaign report as Markdown (links to the PNGs) and self-contained HTML (PNGs inline).
+
+    `routes` (candidate id -> list of route dicts, e.g. precursors, temperature, score) comes
+    from the synthesis planner; without it the report says no routes were suggested."""
+    from xtalforge.loop.report_doc import render_html, render_markdown
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ok = [d for d in rows if d["status"] == "ok"]
+    formulas = {d["id"]: d["formula"] for d in rows}
+    for d in ok:  # parents by formula where the campaign knows them
+        d["_parents"] = ", ".join(f"{formulas.get(p, '')} ({p})".strip() for p in d["parents"].split(";") if p)
+    m = c.store.round_metrics()
+    last = m[max(m)] if m else {}
+    doc = {
+        "title": f"xtalforge campaign {c.cfg.name}: {c.cfg.chemsys}",
+        "facts": [
+            ("run folder", str(c.run_dir)),
+            ("rounds done", f"{sum(1 for s in c.store.stages().values() if s == 'done')} of {c.cfg.rounds}"),
+            ("oracle calls (MLIP)", str(len(rows))),
+            ("hits (stable, unique, novel)", f"{sum(d['hit'] for d in rows)} "
+                                             f"(threshold {c.cfg.hull.stable_threshold:g} eV/atom)"),
+            ("best e_above_hull", f"{_fmt(ok[0]['e_above_hull'], '+.3f')} eV/atom" if ok else "—"),
+            ("surrogate MAE, last round", f"{_fmt(last.get('surrogate_mae_last_round'))} eV/atom"),
+            ("config hash", c.cfg.config_hash()),
+            ("MLflow run", c.tracker.run_url() if c.tracker else "—"),
+        ],
+        "plots": [(name.replace("_", " "), path) for name, path in figs.items()],
+        "top": ok[:top],
+        "routes": routes,
+    }
+    md = folder / "report.md"
+    md.write_text(render_markdown(doc, folder))
+    html = folder / "report.html"
+    html.write_text(render_html(doc))
+    return md, html
 
 
 def print_final(c: Campaign, paths: dict) -> None:
@@ -117,14 +314,17 @@ def print_final(c: Campaign, paths: dict) -> None:
 
     rows = [d for d in ranked(c) if d["status"] == "ok"][:10]
     t = Table(title=f"Best candidates, {c.cfg.chemsys} (e_above_hull vs. MP elements + this campaign, MP2020)")
-    for col in ("rank", "formula", "space group", "e_above_hull (eV/atom)", "e_form (eV/atom)", "source", "round"):
+    for col in ("rank", "formula", "space group", "e_above_hull (eV/atom)", "e_form (eV/atom)", "hit", "source", "round"):
         t.add_column(col)
     for i, d in enumerate(rows, 1):
         t.add_row(str(i), d["formula"], d["spacegroup"], f"{d['e_above_hull']:+.3f}",
-                  f"{d['e_form_per_atom']:+.3f}", d["source"], str(d["round"] + 1))
+                  f"{d['e_form_per_atom']:+.3f}", "★" if d["hit"] else "", d["source"], str(d["round"] + 1))
     Console().print(t)
     c.echo(f"candidates table: {paths['csv']}")
     c.echo(f"top CIFs:         {paths['cifs']}/")
+    if paths.get("report_html"):
+        c.echo(f"report:           {paths['report_html']}")
     if c.tracker is not None:
         c.echo(f"MLflow:           {c.tracker.run_url()}")
         c.echo(f"                  open it with: xtalforge ui {c.run_dir}")
+

@@ -31,6 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from xtalforge.types import Candidate, Measurement, Status
 
@@ -91,6 +92,17 @@ rounds = Table(
     Column("round", Integer, primary_key=True),
     Column("stage", String, nullable=False),  # generated | selected | done
     Column("metrics", Text, default="{}"),
+    Column("at", Float, nullable=False),
+)
+
+events = Table(
+    "events",
+    _meta,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String, nullable=False),  # submit
+    Column("candidate_id", String, nullable=False),
+    Column("oracle", String, nullable=False),
+    Column("round", Integer, nullable=False),
     Column("at", Float, nullable=False),
 )
 
@@ -293,8 +305,12 @@ class CampaignStore:
         with self.engine.connect() as c:
             return [r[0] for r in c.execute(q.order_by(selections.c.at))]
 
-    def set_stage(self, round: int, stage: str, metrics: dict | None = None) -> None:
+    def set_stage(self, round: int, stage: str, metrics: dict | None = None,
+                  states: dict[str, dict] | None = None) -> None:
+        """Move a round to `stage`, saving `states` (name -> state dict) in the same transaction."""
         with self.engine.begin() as c:
+            for name, state in (states or {}).items():
+                self._put_state(c, name, round, state)
             row = c.execute(select(rounds.c.round).where(rounds.c.round == round)).first()
             vals = dict(stage=stage, at=time.time())
             if metrics is not None:
@@ -318,12 +334,30 @@ class CampaignStore:
     # -- generator / acquisition state -----------------------------------------------------
     def save_state(self, name: str, round: int, state: dict) -> None:
         with self.engine.begin() as c:
-            if c.execute(select(states.c.name).where(states.c.name == name)).first():
-                c.execute(
-                    update(states).where(states.c.name == name).values(round=round, state=json.dumps(state))
-                )
-            else:
-                c.execute(insert(states).values(name=name, round=round, state=json.dumps(state)))
+            self._put_state(c, name, round, state)
+
+    @staticmethod
+    def _put_state(c: Any, name: str, round: int, state: dict) -> None:
+        if c.execute(select(states.c.name).where(states.c.name == name)).first():
+            c.execute(update(states).where(states.c.name == name).values(round=round, state=json.dumps(state)))
+        else:
+            c.execute(insert(states).values(name=name, round=round, state=json.dumps(state)))
+
+    def log_event(self, kind: str, candidate_ids: Sequence[str], round: int, oracle: str) -> None:
+        """An audit trail of oracle submissions: lets a test prove nothing finished was rerun."""
+        now = time.time()
+        if not candidate_ids:
+            return
+        with self.engine.begin() as c:
+            c.execute(insert(events), [dict(kind=kind, candidate_id=i, oracle=oracle, round=round, at=now)
+                                       for i in candidate_ids])
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        q = select(events).order_by(events.c.pk)
+        if kind:
+            q = q.where(events.c.kind == kind)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
 
     def load_state(self, name: str) -> dict | None:
         with self.engine.connect() as c:
@@ -346,3 +380,140 @@ class CampaignStore:
                 if sid not in cids:
                     problems.append(f"selection of unknown candidate {sid}")
         return problems
+
+    # -- lab requests and submissions (issue #8) -------------------------------------------
+    # A request is open while its candidate has no measurement from that lab: the answer is
+    # derived, never a flag to update, so a request and its result cannot disagree.
+    def add_lab_requests(self, rows: Sequence[dict]) -> int:
+        """Insert lab requests not already stored (one per candidate and lab); returns how many
+        were new. A row holds oracle, candidate_id, round, formula, cif, quantities (a list of
+        quantity specs: name, unit, kind, min, max) and route (free text, may be empty)."""
+        if not rows:
+            return 0
+        now, new = time.time(), 0
+        with self.engine.begin() as c:
+            for row in rows:
+                have = c.execute(select(lab_requests.c.pk).where(
+                    (lab_requests.c.candidate_id == row["candidate_id"])
+                    & (lab_requests.c.oracle == row["oracle"]))).first()
+                if have:
+                    continue
+                c.execute(insert(lab_requests).values(
+                    oracle=row["oracle"], candidate_id=row["candidate_id"], round=int(row["round"]),
+                    formula=row["formula"], cif=row["cif"], quantities=json.dumps(row["quantities"]),
+                    route=row.get("route") or "", at=now))
+                new += 1
+        return new
+
+    def lab_requests(self, oracle: str, open_only: bool = False) -> list[dict]:
+        """Requests to `oracle`, oldest first, each with `answered` (bool) and its fields."""
+        answered = select(measurements.c.candidate_id).where(measurements.c.oracle == oracle)
+        q = select(lab_requests).where(lab_requests.c.oracle == oracle).order_by(lab_requests.c.pk)
+        with self.engine.connect() as c:
+            done = {r[0] for r in c.execute(answered)}
+            out = []
+            for r in c.execute(q):
+                d = dict(r._mapping)
+                d["quantities"] = json.loads(d["quantities"])
+                d["answered"] = d["candidate_id"] in done
+                if not (open_only and d["answered"]):
+                    out.append(d)
+        return out
+
+    def apply_lab_submission(self, oracle: str, results: Sequence[Measurement],
+                             audit: dict) -> tuple[int | None, list[str]]:
+        """All or nothing, in one transaction: every measurement and the submission's audit row.
+
+        Returns (submission id, []) when committed, or (None, ids that already have a result
+        from `oracle`) with nothing written. The unique (candidate, oracle) constraint settles
+        a race between two writers (the HTTP server and a campaign reading its inbox)."""
+        ids = [m.candidate_id for m in results]
+        try:
+            with self.engine.begin() as c:
+                taken = {r[0] for r in c.execute(select(measurements.c.candidate_id).where(
+                    (measurements.c.oracle == oracle) & measurements.c.candidate_id.in_(ids)))}
+                if taken or len(set(ids)) != len(ids):
+                    raise _Conflict(sorted(taken) or ids)
+                for m in results:
+                    c.execute(insert(measurements).values(**_measurement_row(m)))
+                pk = c.execute(insert(lab_submissions).values(
+                    **_submission_row(oracle, audit, accepted=True))).inserted_primary_key[0]
+        except _Conflict as err:
+            return None, err.ids
+        except IntegrityError:
+            return None, sorted(set(ids) & self.measured_ids(oracle))
+        return int(pk), []
+
+    def record_lab_submission(self, oracle: str, audit: dict) -> int:
+        """The audit row of a rejected submission (source, label, digest, n_rows, errors)."""
+        with self.engine.begin() as c:
+            res = c.execute(insert(lab_submissions).values(**_submission_row(oracle, audit, accepted=False)))
+            return int(res.inserted_primary_key[0])
+
+    def lab_submissions(self, oracle: str | None = None, digest: str | None = None) -> list[dict]:
+        """Audit rows, oldest first: pk, oracle, source, label, digest, accepted, n_rows, errors."""
+        q = select(lab_submissions).order_by(lab_submissions.c.pk)
+        if oracle:
+            q = q.where(lab_submissions.c.oracle == oracle)
+        if digest:
+            q = q.where(lab_submissions.c.digest == digest)
+        with self.engine.connect() as c:
+            rows = [dict(r._mapping) for r in c.execute(q)]
+        for d in rows:
+            d["accepted"] = bool(d["accepted"])
+            d["errors"] = json.loads(d["errors"] or "[]")
+        return rows
+
+
+# -- lab oracle tables (issue #8) -----------------------------------------------------------
+lab_requests = Table(
+    "lab_requests",
+    _meta,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("oracle", String, nullable=False),
+    Column("candidate_id", String, nullable=False, index=True),
+    Column("round", Integer, nullable=False),
+    Column("formula", String, nullable=False),
+    Column("cif", Text, nullable=False),
+    Column("quantities", Text, nullable=False),  # JSON list of {name, unit, kind, min, max}
+    Column("route", Text, default=""),
+    Column("at", Float, nullable=False),
+    UniqueConstraint("candidate_id", "oracle", name="one_lab_request_per_oracle"),
+)
+
+lab_submissions = Table(
+    "lab_submissions",
+    _meta,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("oracle", String, nullable=False),
+    Column("source", String, nullable=False),  # cli | inbox | http
+    Column("label", Text, default=""),  # a file name or an HTTP client
+    Column("digest", String, nullable=False, index=True),  # sha256 of the payload
+    Column("accepted", Integer, nullable=False),
+    Column("n_rows", Integer, nullable=False),
+    Column("errors", Text, default="[]"),  # JSON list of messages, one per problem
+    Column("at", Float, nullable=False),
+)
+
+
+class _Conflict(Exception):
+    def __init__(self, ids: list[str]):
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
+def _measurement_row(m: Measurement) -> dict:
+    return dict(
+        candidate_id=m.candidate_id, oracle=m.oracle, fidelity=int(m.fidelity), round=m.round,
+        status=Status(m.status).value, values_json=json.dumps(m.values), stdev_json=json.dumps(m.stdev),
+        error=m.error, relaxed=m.relaxed.to_json() if m.relaxed is not None else None,
+        cost_s=m.cost_s, at=m.at,
+    )
+
+
+def _submission_row(oracle: str, audit: dict, accepted: bool) -> dict:
+    return dict(
+        oracle=oracle, source=str(audit.get("source", "")), label=str(audit.get("label", ""))[:500],
+        digest=str(audit.get("digest", "")), accepted=int(accepted), n_rows=int(audit.get("n_rows", 0)),
+        errors=json.dumps([str(e) for e in audit.get("errors", [])][:1000]), at=time.time(),
+    )

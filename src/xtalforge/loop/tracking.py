@@ -3,6 +3,10 @@
 One MLflow run per campaign; a resumed campaign continues the same run. Metrics use
 step=round, and a round's metrics are only logged once its results are in the store, so a
 resumed round never logs a step twice.
+
+`ROUND_METRICS` is the contract with dashboards: every name a round may log, with its unit and
+when it appears. Names never change meaning between versions; docs/metrics.md is rendered from
+it (`metrics_markdown`) and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -11,10 +15,108 @@ import logging
 import math
 import os
 import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# When a metric is logged (the `when` of a MetricSpec).
+EVERY = "every round"
+MODEL = "rounds with a fitted surrogate"
+PARITY = "rounds whose picks had surrogate predictions"
+MULTI = "campaigns with a second objective (p_synth)"
+GENERATOR = "as the generator reports them"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One per-round metric. `name` may hold `{gen}` (generator name) or `{oracle}` (oracle name)."""
+
+    name: str
+    unit: str
+    when: str
+    meaning: str
+
+
+ROUND_METRICS: tuple[MetricSpec, ...] = (
+    # generation and filtering, per generator and summed
+    MetricSpec("proposals_{gen}", "count", EVERY, "structures the generator proposed this round"),
+    MetricSpec("valid_{gen}", "count", EVERY, "of those, passing the validity filter (charge, distances, atoms)"),
+    MetricSpec("unique_{gen}", "count", EVERY, "of those, not a StructureMatcher duplicate of any candidate so far"),
+    MetricSpec("novel_{gen}", "count", EVERY,
+               "of those, matching no reference structure (equals unique_{gen} without references)"),
+    MetricSpec("time_generate_{gen}_s", "s", EVERY, "wall time of this generator's proposals and filters"),
+    MetricSpec("proposals", "count", EVERY, "sum of proposals_{gen}"),
+    MetricSpec("valid", "count", EVERY, "sum of valid_{gen}"),
+    MetricSpec("unique", "count", EVERY, "sum of unique_{gen}: new candidates stored this round"),
+    MetricSpec("novel", "count", EVERY, "sum of novel_{gen}"),
+    # acquisition
+    MetricSpec("pool_size", "count", EVERY, "candidates not yet picked, the acquisition's choice set"),
+    MetricSpec("acquisition_method_is_model", "0/1", EVERY, "1 when the surrogate picked, 0 for a model-free pick"),
+    # evaluation and results
+    MetricSpec("evaluations_{oracle}", "count", EVERY,
+               "results the oracle returned this round (MLIP: for this round's picks; a lab: "
+               "what arrived since the previous round)"),
+    MetricSpec("failed_{oracle}", "count", EVERY, "of those, failed (exploded relaxation, timeout, dead worker)"),
+    MetricSpec("evaluations_total_{oracle}", "count", EVERY, "the oracle's results so far (ok and failed)"),
+    MetricSpec("failed_total_{oracle}", "count", EVERY, "of those, failed"),
+    MetricSpec("evaluations_total", "count", EVERY, "MLIP oracle calls so far (ok and failed)"),
+    MetricSpec("ok_total", "count", EVERY, "successful MLIP evaluations so far"),
+    MetricSpec("sun_count", "count", EVERY,
+               "hits so far: stable (e_above_hull <= hull.stable_threshold), unique and novel"),
+    MetricSpec("sun_rate", "fraction", EVERY, "sun_count / evaluations_total"),
+    MetricSpec("best_e_above_hull", "eV/atom", EVERY, "lowest e_above_hull of any evaluated candidate, current hull"),
+    MetricSpec("hypervolume", "eV/atom", MULTI,
+               "area dominated by the (e_above_hull min, p_synth max) front, reference (0.5 eV/atom, 0)"),
+    # surrogate
+    MetricSpec("surrogate_nll", "nats", MODEL, "GP negative log marginal likelihood per training point"),
+    MetricSpec("surrogate_n_train", "count", MODEL, "GP training points"),
+    MetricSpec("time_surrogate_fit_s", "s", MODEL, "GP fit time"),
+    MetricSpec("surrogate_mae_last_round", "eV/atom", PARITY,
+               "|predicted - measured| e_above_hull over this round's evaluated picks"),
+    MetricSpec("surrogate_within_1sigma", "fraction", PARITY, "of those, measured within 1 predicted sigma"),
+    MetricSpec("surrogate_within_2sigma", "fraction", PARITY, "of those, measured within 2 predicted sigma"),
+    # generators' own learning
+    MetricSpec("gen_{gen}_{key}", "varies", GENERATOR, "what Generator.update returns (weights, success rates)"),
+    # time per stage and use of the oracle
+    MetricSpec("time_generate_s", "s", EVERY, "propose, filter and deduplicate, all generators"),
+    MetricSpec("time_featurize_s", "s", EVERY, "embeddings of new candidates"),
+    MetricSpec("time_acquire_s", "s", EVERY, "surrogate fit and acquisition"),
+    MetricSpec("time_oracle_s", "s", EVERY, "wall time until every pick of the round came back"),
+    MetricSpec("time_update_s", "s", EVERY, "generator updates"),
+    MetricSpec("time_record_s", "s", EVERY, "tables, CIFs, plots and artifact upload"),
+    MetricSpec("time_round_s", "s", EVERY, "the whole round, as run in this process"),
+    MetricSpec("oracle_utilization", "fraction", EVERY,
+               "MLIP workers' busy time / (time_oracle_s x workers)"),
+)
+
+
+def round_metric_names(generators: list[str], oracles: list[str], when: tuple[str, ...] = (EVERY,)) -> list[str]:
+    """The concrete metric names a round logs for these generators and oracles.
+
+    `gen_{gen}_{key}` names are left out: their keys belong to the generator.
+    """
+    out: list[str] = []
+    for spec in ROUND_METRICS:
+        if spec.when not in when or "{key}" in spec.name:
+            continue
+        if "{gen}" in spec.name:
+            out.extend(spec.name.format(gen=g) for g in generators)
+        elif "{oracle}" in spec.name:
+            out.extend(spec.name.format(oracle=o) for o in oracles)
+        else:
+            out.append(spec.name)
+    return out
+
+
+def metrics_markdown() -> str:
+    """The table in docs/metrics.md, rendered from ROUND_METRICS."""
+    lines = ["| metric | unit | logged | meaning |", "|---|---|---|---|"]
+    for s in ROUND_METRICS:
+        lines.append(f"| `{s.name}` | {s.unit} | {s.when} | {s.meaning.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
 
 
 def resolve_uri(uri: str, base: Path | None = None) -> str:
@@ -52,6 +154,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
+    """One campaign's MLflow run; every call after `start` writes to that run."""
+
     def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
         from mlflow.tracking import MlflowClient
 
@@ -63,6 +167,8 @@ class Tracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             loc = None
+            # A local store keeps artifacts beside the run folders; a server chooses its own
+            # (proxied) artifact root, which is what makes a remote --tracking-uri work.
             if artifact_root is not None and uri.startswith("sqlite"):
                 artifact_root.mkdir(parents=True, exist_ok=True)
                 loc = artifact_root.resolve().as_uri()
@@ -76,6 +182,12 @@ class Tracker:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
+        tags = dict(tags)
+        # MLflow's own tags, so the UI's "source" and "git commit" columns are filled too
+        tags.setdefault("mlflow.source.name", "xtalforge")
+        tags.setdefault("mlflow.source.type", "LOCAL")
+        if tags.get("git_commit"):
+            tags.setdefault("mlflow.source.git.commit", tags["git_commit"])
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         from mlflow.entities import Param
@@ -89,8 +201,7 @@ class Tracker:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
+        """Log the finite numbers of `metrics` at `step` (the round); others are skipped."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -98,6 +209,16 @@ class Tracker:
                  if v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))]
         for i in range(0, len(items), 900):
             self.client.log_batch(self.run_id, metrics=items[i : i + 900])
+
+    def set_tag(self, key: str, value: str) -> None:
+        try:
+            self.client.set_tag(self.run_id, key, value[:5000])
+        except Exception as err:
+            log.warning("could not set tag %s: %s", key, err)
+
+    def set_description(self, markdown: str) -> None:
+        """The run's description: the UI shows it at the top of the run page."""
+        self.set_tag("mlflow.note.content", markdown)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         try:
@@ -111,12 +232,57 @@ class Tracker:
         except Exception as err:
             log.warning("could not log artifacts %s: %s", folder, err)
 
+    def log_image(self, png: Path, key: str, step: int) -> None:
+        """A PNG as an MLflow image with a step: the UI shows it in the run's charts with a
+        step slider, so a plot can be followed round by round."""
+        try:
+            from PIL import Image
+
+            with Image.open(png) as im:
+                self.client.log_image(self.run_id, im.convert("RGB"), key=key, step=step, synchronous=True)
+        except Exception as err:
+            log.warning("could not log image %s: %s", png, err)
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
 
     def run_url(self) -> str:
+        if self.uri.startswith("http"):
+            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
         return f"{self.uri} · experiment {self.experiment_id} · run {self.run_id}"
+
+
+def artifact_root_of(run_dir: Path, uri: str, run_id: str | None) -> str:
+    """Where a campaign's artifacts live, as a URI: the experiment's artifact location when the
+    run is known, else the folder `Tracker` uses for a local store (beside the run folders)."""
+    if run_id:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+            run = client.get_run(run_id)
+            return client.get_experiment(run.info.experiment_id).artifact_location
+        except Exception as err:
+            log.warning("could not read the run's artifact location: %s", err)
+    return (Path(run_dir).resolve().parent / "mlartifacts").as_uri()
+
+
+def ui_command(uri: str, host: str, port: int, artifact_root: str | None = None) -> list[str]:
+    """The `mlflow ui` command line for a tracking store.
+
+    One worker: the UI serves one reader, and each worker costs a Python process.
+    `--default-artifact-root` points experiments created from the UI at the campaign's artifact
+    folder, so what the UI and the campaign write ends up in one place.
+    """
+    import sys
+
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(exe) if exe.exists() else "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    if artifact_root:
+        cmd += ["--default-artifact-root", artifact_root]
+    return cmd
 
 
 def ensure_env() -> None:

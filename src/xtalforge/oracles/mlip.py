@@ -1,16 +1,25 @@
-"""CHGNet as an oracle: relaxation (FIRE with a cell filter) and crystal embeddings.
+"""MLIP relaxations: CHGNet (bundled weights) or any ASE calculator, and CHGNet embeddings.
 
 The functions here run inside a Ray actor (one model load per actor); `MLIPOracle` in
-`mlip_oracle.py` schedules them and turns results into Measurements.
+`mlip_oracle.py` schedules them and turns results into Measurements. Two relaxation engines:
+
+- one at a time: ASE FIRE + FrechetCellFilter on an ASE calculator (for CHGNet this is exactly
+  what `chgnet.model.StructOptimizer` does);
+- batched (CHGNet only): `batched.relax_batched`, the same FIRE + Frechet cell algorithm over
+  many structures with one model call per step.
+
+Energies are eV per cell unless named `_per_atom`; forces eV/Å; stresses eV/Å^3 (ASE sign).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +30,7 @@ from xtalforge.synthesis.validity import min_distance
 # An MLIP energy outside this window (eV/atom) means the model left its training domain.
 ENERGY_WINDOW = (-15.0, 5.0)
 FUSED_DISTANCE = 0.6  # Å
+MAX_VOLUME_PER_ATOM = 150.0  # Å^3/atom; beyond this the cell has blown apart
 
 
 @dataclass
@@ -28,16 +38,33 @@ class RelaxResult:
     ok: bool
     error: str = ""
     structure: Structure | None = None
-    energy: float = math.nan  # eV per cell, raw CHGNet (MP raw GGA/GGA+U scale)
+    energy: float = math.nan  # eV per cell, raw model energy (CHGNet: MP raw GGA/GGA+U scale)
     energy_per_atom: float = math.nan
-    max_force: float = math.nan  # eV/Å
-    steps: int = 0
-    converged: bool = False
-    magmoms: list[float] = field(default_factory=list)
+    max_force: float = math.nan  # eV/Å, largest atomic force at the end
+    steps: int = 0  # optimizer steps taken (ASE's nsteps: force calls - 1)
+    converged: bool = False  # the optimizer's criterion (atoms and, with a cell filter, stress)
+    magmoms: list[float] = field(default_factory=list)  # μB per site; [] if the model has none
     seconds: float = 0.0
+    timed_out: bool = False  # stopped by the per-relaxation wall-clock limit
+    properties: dict[str, float] = field(default_factory=dict)  # e.g. bulk_modulus (GPa)
+    property_errors: dict[str, str] = field(default_factory=dict)
 
 
-def load_chgnet(threads: int | None = 1):
+def failed(error: str, seconds: float = 0.0, timed_out: bool = False) -> RelaxResult:
+    return RelaxResult(ok=False, error=error, seconds=seconds, timed_out=timed_out)
+
+
+# -- models ------------------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> str:
+    """'auto' is CUDA when torch sees a GPU, else CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_chgnet(threads: int | None = 1, device: str = "cpu"):
     """Load the bundled CHGNet weights (no download). One torch thread by default: Ray runs
     one actor per core, and oversubscribed BLAS threads slow every actor down."""
     import torch
@@ -46,59 +73,195 @@ def load_chgnet(threads: int | None = 1):
     if threads:
         torch.set_num_threads(threads)
     with contextlib.redirect_stdout(io.StringIO()):
-        return CHGNet.load(verbose=False)
+        model = CHGNet.load(verbose=False, use_device=resolve_device(device))
+    # a random proposal with an atom beyond the 5 Å cutoff must not spam stderr every step
+    model.graph_converter.set_isolated_atom_response("ignore")
+    return model
 
 
-def _explosion(structure: Structure, e_per_atom: float) -> str:
+def is_ase_model(spec: str) -> bool:
+    return spec.startswith("ase:")
+
+
+def load_ase_calculator(spec: str, options: dict | None = None):
+    """An ASE calculator from "ase:package.module.ClassName" (e.g. "ase:ase.calculators.emt.EMT"),
+    constructed with `options` as keyword arguments."""
+    if not is_ase_model(spec):
+        raise ValueError(f"model {spec!r}: an ASE calculator is named 'ase:package.module.Class'")
+    path = spec[4:]
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ValueError(f"model {spec!r}: give the full dotted path, e.g. ase:ase.calculators.emt.EMT")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"model {spec!r}: cannot import {path} ({err})") from None
+    return cls(**(options or {}))
+
+
+# -- sanity of a result ------------------------------------------------------------------------
+def energy_problem(e_per_atom: float) -> str:
     if not math.isfinite(e_per_atom):
         return "energy is NaN or infinite"
     if not ENERGY_WINDOW[0] <= e_per_atom <= ENERGY_WINDOW[1]:
         return f"energy {e_per_atom:.2f} eV/atom off the scale {ENERGY_WINDOW}"
-    d = min_distance(structure)
-    if d < FUSED_DISTANCE:
-        return f"atoms fused ({d:.2f} Å apart)"
-    if structure.volume / len(structure) > 150:
-        return "cell exploded (volume > 150 Å^3/atom)"
     return ""
 
 
-def relax(model, structure: Structure, fmax: float = 0.1, max_steps: int = 300, relax_cell: bool = True) -> RelaxResult:
-    """Relax with FIRE (+ FrechetCellFilter when relax_cell). Never raises: a failure comes
-    back as ok=False with the reason."""
-    from chgnet.model import StructOptimizer
+def explosion(structure: Structure, e_per_atom: float) -> str:
+    """Why a relaxed structure cannot be trusted, or '' when it can."""
+    problem = energy_problem(e_per_atom)
+    if problem:
+        return problem
+    vpa = structure.volume / len(structure)
+    if not math.isfinite(vpa) or vpa > MAX_VOLUME_PER_ATOM:
+        return f"cell exploded (volume > {MAX_VOLUME_PER_ATOM:.0f} Å^3/atom)"
+    d = min_distance(structure)
+    if d < FUSED_DISTANCE:
+        return f"atoms fused ({d:.2f} Å apart)"
+    return ""
+
+
+_explosion = explosion  # old private name
+
+
+# -- one at a time: ASE FIRE (+ FrechetCellFilter) ---------------------------------------------
+def relax_ase(calc, structure: Structure, fmax: float = 0.1, max_steps: int = 300, relax_cell: bool = True,
+              timeout_s: float | None = None) -> RelaxResult:
+    """Relax on any ASE calculator with FIRE, the cell through a FrechetCellFilter when
+    `relax_cell`. Never raises: a failure comes back as ok=False with the reason. `timeout_s`
+    stops a relaxation that runs longer (wall clock) with timed_out=True."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
 
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            opt = StructOptimizer(model=model, optimizer_class="FIRE", use_device="cpu", on_isolated_atoms="ignore")
-            out = opt.relax(structure, fmax=fmax, steps=max_steps, relax_cell=relax_cell, verbose=False)
-        final: Structure = out["final_structure"]
-        traj = out["trajectory"]
-        e = float(traj.energies[-1])
-        n = len(final)
-        forces = np.asarray(traj.forces[-1])
-        fmax_final = float(np.linalg.norm(forces, axis=1).max()) if forces.size else 0.0
-        steps = len(traj.energies)
-        problem = _explosion(final, e / n)
-        if not problem and not np.isfinite(forces).all():
-            problem = "forces are NaN"
-        mag = final.site_properties.get("magmom")
-        res = RelaxResult(
-            ok=not problem,
-            error=problem,
-            structure=final,
-            energy=e,
-            energy_per_atom=e / n,
-            max_force=fmax_final,
-            steps=steps,
-            converged=fmax_final <= fmax * 1.0001,
-            magmoms=[float(m) for m in mag] if mag is not None else [],
-        )
+            atoms = AseAtomsAdaptor.get_atoms(structure.copy().remove_oxidation_states())
+            atoms.calc = calc
+            target = FrechetCellFilter(atoms) if relax_cell else atoms
+            opt = FIRE(target, logfile=None)
+            converged = False
+            for converged in opt.irun(fmax=fmax, steps=max_steps):
+                e_now = float(atoms.get_potential_energy()) / len(atoms)
+                problem = energy_problem(e_now)
+                if problem:  # stop early: FIRE will not come back from NaN or a blown-up cell
+                    return failed(problem, time.perf_counter() - t0)
+                if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
+                    return failed(f"timed out after {timeout_s:.0f} s", time.perf_counter() - t0, timed_out=True)
+            e = float(atoms.get_potential_energy())
+            forces = np.asarray(atoms.get_forces())
+            try:
+                magmoms = [float(m) for m in atoms.get_magnetic_moments()]
+            except Exception:  # most classical calculators have none
+                magmoms = []
+            final = AseAtomsAdaptor.get_structure(atoms)
+        for key in list(final.site_properties):
+            final.remove_site_property(key)
+        if magmoms:
+            final.add_site_property("magmom", magmoms)
+        return finish(final, e, forces, opt.nsteps, bool(converged), magmoms, time.perf_counter() - t0)
     except Exception as err:  # an MLIP blow-up must never take the actor down
-        res = RelaxResult(ok=False, error=f"{type(err).__name__}: {err}")
-    res.seconds = time.perf_counter() - t0
-    return res
+        return failed(f"{type(err).__name__}: {err}", time.perf_counter() - t0)
+
+
+def finish(final: Structure, energy: float, forces: np.ndarray, steps: int, converged: bool,
+           magmoms: list[float], seconds: float) -> RelaxResult:
+    """A RelaxResult from a relaxation's last evaluation, with the explosion checks applied."""
+    n = len(final)
+    fmax_final = float(np.linalg.norm(forces, axis=1).max()) if forces.size else 0.0
+    problem = explosion(final, energy / n)
+    if not problem and not np.isfinite(forces).all():
+        problem = "forces are NaN"
+    return RelaxResult(ok=not problem, error=problem, structure=final, energy=energy, energy_per_atom=energy / n,
+                       max_force=fmax_final, steps=int(steps), converged=converged, magmoms=list(magmoms),
+                       seconds=seconds)
+
+
+def chgnet_calculator(model, device: str = "cpu"):
+    """CHGNet's own ASE calculator around an already loaded model (what StructOptimizer uses)."""
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return CHGNetCalculator(model=model, use_device=resolve_device(device), on_isolated_atoms="ignore")
+
+
+def relax(model, structure: Structure, fmax: float = 0.1, max_steps: int = 300, relax_cell: bool = True,
+          timeout_s: float | None = None) -> RelaxResult:
+    """Relax one structure with CHGNet, FIRE and a FrechetCellFilter (StructOptimizer's algorithm)."""
+    return relax_ase(chgnet_calculator(model, _model_device(model)), structure, fmax, max_steps, relax_cell, timeout_s)
+
+
+def _model_device(model) -> str:
+    return str(next(model.parameters()).device.type)
+
+
+# -- what an actor holds -----------------------------------------------------------------------
+class Relaxer:
+    """One loaded model and how to relax with it: CHGNet (batched or one at a time) or an ASE
+    calculator. `relax_many` never raises; `energies` feeds the property oracles."""
+
+    def __init__(self, model: str = "chgnet", batched: bool = False, device: str = "cpu", threads: int | None = 1,
+                 model_options: dict | None = None, max_batch: int = 16):
+        self.spec = model
+        self.device = resolve_device(device)
+        self.batched = bool(batched) and not is_ase_model(model)
+        self.max_batch = max_batch
+        self.threads = threads
+        self._chgnet = None
+        if is_ase_model(model):
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            self.calc = load_ase_calculator(model, model_options)
+        elif model == "chgnet":
+            self._chgnet = load_chgnet(threads, self.device)
+            self.calc = chgnet_calculator(self._chgnet, self.device)
+        else:
+            raise ValueError(f"unknown MLIP model {model!r}: use 'chgnet' or 'ase:package.module.Class'")
+
+    @property
+    def chgnet(self):
+        """CHGNet for embeddings; loaded lazily when relaxations use another model."""
+        if self._chgnet is None:
+            self._chgnet = load_chgnet(self.threads, self.device)
+        return self._chgnet
+
+    def relax_many(self, structures: Sequence[Structure], fmax: float, max_steps: int, relax_cell: bool = True,
+                   timeout_s: float | None = None) -> list[RelaxResult]:
+        if self.batched:
+            from xtalforge.oracles.batched import relax_batched
+
+            return relax_batched(self.chgnet, structures, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell,
+                                 max_batch=self.max_batch, timeout_s=timeout_s)
+        return [relax_ase(self.calc, s, fmax, max_steps, relax_cell, timeout_s) for s in structures]
+
+    def energies(self, structures: Sequence[Structure], relax_ions: bool = True, fmax: float = 0.05,
+                 max_steps: int = 100) -> np.ndarray:
+        """Energies (eV per cell) at fixed cells; ions relaxed first when `relax_ions`. NaN where
+        a structure failed."""
+        if not relax_ions:
+            return np.array([_static_energy(self.calc, s) for s in structures])
+        res = self.relax_many(structures, fmax=fmax, max_steps=max_steps, relax_cell=False)
+        return np.array([r.energy if r.ok else math.nan for r in res])
+
+    def embed(self, structures: list[Structure]) -> np.ndarray:
+        return embed(self.chgnet, structures)
+
+
+def _static_energy(calc, structure: Structure) -> float:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    try:
+        atoms = AseAtomsAdaptor.get_atoms(structure.copy().remove_oxidation_states())
+        atoms.calc = calc
+        with contextlib.redirect_stdout(io.StringIO()):
+            return float(atoms.get_potential_energy())
+    except Exception:
+        return math.nan
 
 
 def embed(model, structures: list[Structure], batch_size: int = 16) -> np.ndarray:

@@ -1,0 +1,141 @@
+"""Prototype structures for substitution: the shipped textbook set, user CIFs, the campaign's best.
+
+A prototype is an ordered, oxidation-state-decorated primitive cell plus its symmetry orbits
+(sets of equivalent sites), which is what symmetry-aware partial substitution acts on.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from pymatgen.core import Structure
+
+from xtalforge.generators.base import reward_from
+from xtalforge.types import Candidate, Measurement
+
+log = logging.getLogger(__name__)
+
+
+class PrototypeError(ValueError):
+    """A prototype that cannot be used (unreadable, disordered, no oxidation states, too big)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a prototype: decorated structure and its orbits (tuples of site indices)."""
+
+    structure: Structure
+    orbits: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Prototype:
+    key: str  # "builtin:<name>", "file:<path>" or "history:<candidate id>"
+    primitive: Cell
+    conventional: Cell | None  # a larger cell when it still fits max_atoms: more partial orderings
+    prior_a: float = 1.0  # Beta pseudo-counts of reward before any result came back
+    prior_b: float = 1.0
+
+    @property
+    def species(self) -> list[str]:
+        return sorted({str(sp) for sp in self.primitive.structure.species})
+
+
+def builtin_paths() -> list[Path]:
+    folder = resources.files("xtalforge") / "data" / "prototypes"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".cif"))
+
+
+def read_structure(path: str | Path) -> Structure:
+    """A structure from a CIF/JSON/POSCAR file; PrototypeError when it cannot serve as a prototype."""
+    p = Path(path)
+    if not p.is_file():
+        raise PrototypeError(f"prototype file {p} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = Structure.from_file(p)
+    except Exception as err:
+        raise PrototypeError(f"prototype {p}: cannot read it ({err})") from None
+    if not s.is_ordered:
+        raise PrototypeError(f"prototype {p} has partial occupancies; order it first (e.g. OrderDisorderedStructureTransformation)")
+    return s
+
+
+def decorate(s: Structure) -> Structure:
+    """`s` with an oxidation state on every site: kept when the file had them, else the most
+    likely charge-neutral guess by composition."""
+    if all(getattr(sp, "oxi_state", None) is not None for sp in s.species):
+        return s.copy()
+    plain = s.copy()
+    plain.remove_oxidation_states()
+    try:
+        guesses = plain.composition.oxi_state_guesses(max_sites=-1)
+    except Exception:  # pymatgen gives up on very large formulas
+        guesses = ()
+    if not guesses:
+        raise PrototypeError(f"{plain.composition.reduced_formula}: no charge-neutral oxidation states")
+    plain.add_oxidation_state_by_element(guesses[0])
+    return plain
+
+
+def orbits(s: Structure, symprec: float = 0.01) -> tuple[tuple[int, ...], ...]:
+    """Sets of symmetry-equivalent site indices (Wyckoff orbits), in site order."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        sym = SpacegroupAnalyzer(s, symprec=symprec).get_symmetrized_structure()
+        return tuple(tuple(sorted(ix)) for ix in sym.equivalent_indices)
+    except Exception:  # spglib fails on degenerate cells: every site is its own orbit
+        return tuple((i,) for i in range(len(s)))
+
+
+def prepare(key: str, s: Structure, max_atoms: int, prior_a: float = 1.0, prior_b: float = 1.0) -> Prototype:
+    """A Prototype from a structure; PrototypeError when even its primitive cell is too big."""
+    if not s.is_ordered:
+        raise PrototypeError(f"{key}: partial occupancies")
+    dec = decorate(s)
+    prim = dec.get_primitive_structure()
+    if len(prim) > max_atoms:
+        raise PrototypeError(f"{key}: {len(prim)} atoms in the primitive cell > max_atoms {max_atoms}")
+    conv = None
+    if len(prim) < len(dec) <= max_atoms:
+        conv = Cell(dec, orbits(dec))
+    return Prototype(key, Cell(prim, orbits(prim)), conv, prior_a, prior_b)
+
+
+def load_prototypes(paths: Sequence[str | Path], builtin: bool, max_atoms: int) -> list[Prototype]:
+    """The shipped set (when `builtin`) plus the named files. Unusable entries are logged and skipped."""
+    entries: list[tuple[str, Path]] = []
+    if builtin:
+        entries += [(f"builtin:{p.stem}", p) for p in builtin_paths()]
+    entries += [(f"file:{Path(p).stem}", Path(p)) for p in paths]
+    out = []
+    for key, path in entries:
+        try:
+            out.append(prepare(key, read_structure(path), max_atoms))
+        except PrototypeError as err:
+            # too big for this campaign's cell limit is routine; a broken user file is not
+            (log.debug if key.startswith("builtin:") else log.warning)("skipping prototype: %s", err)
+    return out
+
+
+def history_prototypes(history: Sequence[tuple[Candidate, Measurement]], k: int, max_atoms: int) -> list[Prototype]:
+    """The `k` best relaxed structures of the campaign, weighted a priori by their own reward."""
+    out = []
+    for cand, m in history:
+        if len(out) >= k:
+            break
+        if m.relaxed is None:
+            continue
+        r = reward_from(m)
+        try:
+            out.append(prepare(f"history:{cand.id}", m.relaxed, max_atoms, 1.0 + 2.0 * r, 1.0 + 2.0 * (1.0 - r)))
+        except PrototypeError as err:
+            log.debug("history prototype skipped: %s", err)
+    return out

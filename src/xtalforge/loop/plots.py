@@ -1,0 +1,287 @@
+"""The campaign's figures as PNG files: discovery curve, convex hull, Pareto front, parity.
+
+Matplotlib's object-oriented API on the Agg canvas only: no pyplot, so no global figure state
+is shared with a notebook or another thread, and nothing needs a display. Each function takes
+plain data and a path, writes one PNG and returns its path; with no data it still writes a
+figure that says why, so a dashboard never shows a broken image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram, uniquelines
+
+DPI = 110
+HIT = "#d62728"  # new stable phases, wherever they appear
+REF = "#4d4d4d"
+
+
+def _figure(w: float = 7.0, h: float = 5.0) -> Figure:
+    fig = Figure(figsize=(w, h), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, facecolor="white")
+    return path
+
+
+def _round_colors(rounds: np.ndarray, n_rounds: int) -> dict:
+    """Scatter keywords colouring 0-based `rounds` (shown 1-based), one colour per round."""
+    from matplotlib import colormaps
+
+    return dict(c=rounds + 1, cmap=colormaps["viridis"].resampled(n_rounds), vmin=0.5, vmax=n_rounds + 0.5)
+
+
+def _round_colorbar(fig: Figure, sc, ax, label: str, n_rounds: int) -> None:
+    cb = fig.colorbar(sc, ax=ax, label=label, pad=0.01)
+    cb.set_ticks(np.unique(np.linspace(1, n_rounds, min(n_rounds, 10)).round().astype(int)))
+
+
+def message(path: Path, title: str, text: str) -> Path:
+    """A figure holding only a title and a sentence: what a plot shows before it has data."""
+    fig = _figure(7, 3)
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=13)
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=11, transform=ax.transAxes)
+    return _save(fig, path)
+
+
+# -- discovery curve ----------------------------------------------------------------------
+def discovery_curve(path: Path, e_above_hull: Sequence[float], is_hit: Sequence[bool],
+                    rounds: Sequence[int], threshold: float, title: str = "") -> Path:
+    """Hits found against oracle calls (top) and each call's e_above_hull (bottom).
+
+    The three sequences are per oracle call, in the order the results landed; failed calls
+    carry NaN energy. Energies in eV/atom.
+    """
+    e = np.asarray(e_above_hull, dtype=float)
+    if not len(e):
+        return message(path, "Discovery curve", "No oracle results yet.")
+    calls = np.arange(1, len(e) + 1)
+    found = np.cumsum(np.asarray(is_hit, dtype=int))
+    rnd = np.asarray(rounds, dtype=int)
+    fig = _figure(7.5, 6)
+    top, bot = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1.2])
+    top.step(calls, found, where="post", color=HIT, lw=2.2)
+    top.plot(calls[np.asarray(is_hit, bool)], found[np.asarray(is_hit, bool)], "*", color=HIT, ms=12)
+    top.set_ylabel("hits found (stable, unique, novel)")
+    top.set_ylim(bottom=0, top=max(1, found[-1]) * 1.25 + 0.5)
+    top.set_title(title or "Discovery curve")
+    top.grid(alpha=0.3)
+    ok = np.isfinite(e)
+    n_rounds = int(rnd.max()) + 1
+    sc = bot.scatter(calls[ok], e[ok], s=28, zorder=3, **_round_colors(rnd[ok], n_rounds))
+    _round_colorbar(fig, sc, bot, "round", n_rounds)
+    if (~ok).any():
+        lo = np.nanmin(e) if ok.any() else 0.0
+        bot.plot(calls[~ok], np.full((~ok).sum(), lo), "x", color="grey", label="failed")
+    best = np.fmin.accumulate(np.where(ok, e, np.inf))
+    shown = np.isfinite(best)
+    bot.step(calls[shown], best[shown], where="post", color="black", lw=1.5, label="best so far")
+    bot.axhline(threshold, color=HIT, ls="--", lw=1, label=f"hit threshold ({threshold:g} eV/atom)")
+    if ok.any():
+        # random structures can sit eV above the hull; keep the interesting range readable
+        hi = min(np.nanmax(e[ok]), max(1.0, np.nanpercentile(e[ok], 90)))
+        bot.set_ylim(min(np.nanmin(e[ok]), threshold) - 0.05, hi + 0.1)
+    for k in np.flatnonzero(np.diff(rnd)) + 1:  # round boundaries
+        for ax in (top, bot):
+            ax.axvline(k + 0.5, color="grey", lw=0.8, ls=":")
+    bot.set_xlabel("oracle calls (MLIP relaxations)")
+    bot.set_ylabel("e_above_hull (eV/atom)")
+    bot.legend(loc="upper right", fontsize=8)
+    bot.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# -- convex hull --------------------------------------------------------------------------
+def _simplex_vertices(n: int) -> np.ndarray:
+    """Corners of the composition simplex drawn for n = 3 (triangle) or 4 (tetrahedron)."""
+    if n == 3:
+        return np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
+    return np.array([[0, 0, 0], [1, 0, 0], [0.5, np.sqrt(3) / 2, 0],
+                     [0.5, np.sqrt(3) / 6, np.sqrt(2 / 3)]], dtype=float)
+
+
+def _fractions(pd: PhaseDiagram, entry: PDEntry) -> np.ndarray:
+    comp = entry.composition
+    return np.array([comp.get_atomic_fraction(el) for el in pd.elements])
+
+
+def hull_plot(path: Path, pd: PhaseDiagram, campaign: Mapping[str, PDEntry],
+              e_above_hull: Mapping[str, float], threshold: float = 0.0,
+              show_above: float = 0.3, title: str = "") -> Path:
+    """The convex hull of the chemical system with the campaign's phases on it.
+
+    2 elements: formation energy against composition with the hull line; 3 and 4 elements: the
+    Gibbs triangle or tetrahedron with the hull's tie lines. Reference phases are grey, the
+    campaign's stable phases (hits) red stars, its phases within `show_above` eV/atom coloured
+    by e_above_hull. Other element counts get an e_above_hull chart instead.
+    """
+    n = len(pd.elements)
+    chemsys = "-".join(el.symbol for el in pd.elements)
+    title = title or f"Convex hull of {chemsys}"
+    if n < 2 or n > 4:
+        return _energy_bars(path, campaign, e_above_hull, threshold,
+                            f"{title}\n(a hull plot needs 2-4 elements; e_above_hull per phase instead)")
+    fig = _figure(7.5, 6)
+    ax = fig.add_subplot(projection="3d" if n == 4 else None)
+    entries = pd.qhull_entries
+    lines = uniquelines(pd.facets)
+    ours = {id(e) for e in campaign.values()}
+
+    def xy(entry: PDEntry) -> np.ndarray:
+        f = _fractions(pd, entry)
+        if n == 2:
+            return np.array([f[1], pd.get_form_energy_per_atom(entry)])
+        return f @ _simplex_vertices(n)
+
+    if n > 2:  # outline of the simplex
+        v = _simplex_vertices(n)
+        for i in range(n):
+            for j in range(i + 1, n):
+                ax.plot(*np.array([v[i], v[j]]).T, color="lightgrey", lw=1, zorder=1)
+        for i, el in enumerate(pd.elements):
+            off = (v[i] - v.mean(0)) * 0.08
+            ax.text(*(v[i] + off), el.symbol, fontsize=14, ha="center", va="center", weight="bold")
+    for a, b in lines:
+        ax.plot(*np.array([xy(entries[a]), xy(entries[b])]).T, color="black", lw=1.2, zorder=2)
+    labelled: set[str] = set()
+    for entry in pd.stable_entries:
+        p = xy(entry)
+        mine = id(entry) in ours
+        ax.scatter(*p, s=170 if mine else 45, marker="*" if mine else "o",
+                   color=HIT if mine else REF, zorder=5, edgecolors="black", linewidths=0.5)
+        f = entry.composition.reduced_formula
+        if f not in labelled and (mine or len(entry.composition) > 1):  # corners are labelled
+            labelled.add(f)
+            ax.text(*(p + (np.array([0, 0.015]) if n == 2 else 0)), f" {f}", fontsize=9,
+                    color=HIT if mine else REF, zorder=6)
+    near = [(k, e) for k, e in campaign.items()
+            if k in e_above_hull and threshold < e_above_hull[k] <= show_above]
+    if near:
+        pts = np.array([xy(e) for _, e in near])
+        vals = np.array([e_above_hull[k] for k, _ in near])
+        sc = ax.scatter(*pts.T, c=vals, cmap="plasma_r", vmin=0, vmax=show_above, s=30, zorder=4,
+                        edgecolors="black", linewidths=0.3)
+        fig.colorbar(sc, ax=ax, label="campaign phase: e_above_hull (eV/atom)", shrink=0.7)
+    n_far = sum(1 for k in campaign if e_above_hull.get(k, np.inf) > show_above)
+    ax.scatter([], [], marker="*", s=120, color=HIT, edgecolors="black", label="new stable phase (hit)")
+    ax.scatter([], [], marker="o", s=40, color=REF, label="reference phase on the hull")
+    if n == 2:
+        e0, e1 = (el.symbol for el in pd.elements)
+        ax.set_xticks([0, 0.25, 0.5, 0.75, 1], [e0, "0.25", "0.5", "0.75", e1])
+        ax.set_xlabel(f"fraction of {e1}")
+        ax.set_ylabel("formation energy (eV/atom)")
+        ax.grid(alpha=0.3)
+    else:
+        ax.set_axis_off()
+        if n == 3:
+            ax.set_aspect("equal")
+        else:
+            ax.view_init(elev=18, azim=-70)
+            ax.set_box_aspect(None, zoom=1.25)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    ax.set_title(f"{title}\n{len(campaign)} campaign phases; {n_far} more than "
+                 f"{show_above:g} eV/atom above the hull not shown", fontsize=10)
+    return _save(fig, path)
+
+
+def _energy_bars(path: Path, campaign: Mapping[str, PDEntry], e_above_hull: Mapping[str, float],
+                 threshold: float, title: str) -> Path:
+    """The fallback hull view: the lowest e_above_hull per formula, as horizontal bars."""
+    best: dict[str, float] = {}
+    for k, entry in campaign.items():
+        if k in e_above_hull:
+            f = entry.composition.reduced_formula
+            best[f] = min(best.get(f, np.inf), e_above_hull[k])
+    if not best:
+        return message(path, title, "No campaign phases on the hull yet.")
+    items = sorted(best.items(), key=lambda t: t[1])[:25]
+    fig = _figure(7, 0.8 + 0.3 * len(items))
+    ax = fig.add_subplot()
+    vals = np.array([v for _, v in items])
+    ys = np.arange(len(items))
+    colors = [HIT if v <= threshold + 1e-9 else "#1f77b4" for v in vals]
+    ax.hlines(ys, 0, vals, color=colors, lw=2)  # lollipops: a zero-height bar would vanish
+    ax.scatter(vals, ys, color=colors, s=40, zorder=3)
+    ax.set_yticks(ys, [f for f, _ in items])
+    ax.axvline(threshold, color=HIT, ls="--", lw=1, label=f"hit threshold ({threshold:g} eV/atom)")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_xlabel("e_above_hull (eV/atom)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+# -- Pareto front -------------------------------------------------------------------------
+def pareto_plot(path: Path, e_above_hull: Sequence[float], other: Sequence[float], other_label: str,
+                labels: Sequence[str] = (), maximize_other: bool = True, title: str = "") -> Path:
+    """e_above_hull (minimized, eV/atom) against a second objective, front highlighted."""
+    from xtalforge.loop.metrics import pareto_mask
+
+    x, y = np.asarray(e_above_hull, float), np.asarray(other, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return message(path, "Pareto front", "No evaluated candidates with both objectives yet.")
+    x, y = x[ok], y[ok]
+    names = np.asarray(list(labels) if len(labels) else [""] * len(ok), dtype=object)[ok]
+    front = pareto_mask(np.column_stack([x, -y if maximize_other else y]))
+    fig = _figure(7, 5)
+    ax = fig.add_subplot()
+    ax.scatter(x[~front], y[~front], s=25, color="#9ecae1", edgecolors="#3182bd", label="dominated")
+    order = np.argsort(x[front])
+    ax.step(x[front][order], y[front][order], where="post" if maximize_other else "pre",
+            color=HIT, lw=1.5, zorder=3)
+    ax.scatter(x[front], y[front], s=60, color=HIT, edgecolors="black", zorder=4, label="Pareto front")
+    for xi, yi, name in zip(x[front], y[front], names[front]):
+        ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("e_above_hull (eV/atom), lower is better")
+    ax.set_ylabel(f"{other_label}, {'higher' if maximize_other else 'lower'} is better")
+    ax.set_title(title or f"Pareto front: e_above_hull vs {other_label}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# -- surrogate parity ---------------------------------------------------------------------
+def parity_plot(path: Path, measured: Sequence[float], predicted: Sequence[float],
+                predicted_std: Sequence[float], rounds: Sequence[int], title: str = "") -> Path:
+    """The surrogate's e_above_hull at pick time against the oracle's, with 1-sigma bars (eV/atom)."""
+    m, p, s = (np.asarray(v, float) for v in (measured, predicted, predicted_std))
+    ok = np.isfinite(m) & np.isfinite(p)
+    if not ok.any():
+        return message(path, "Surrogate parity",
+                       "No evaluated pick had a surrogate prediction yet:\n"
+                       "the first picks are model-free, the GP predicts from the next round on.")
+    m, p, s, r = m[ok], p[ok], np.nan_to_num(s[ok]), np.asarray(rounds, int)[ok]
+    fig = _figure(6, 5.5)
+    ax = fig.add_subplot()
+    ax.errorbar(m, p, yerr=s, fmt="none", ecolor="grey", alpha=0.6, zorder=2)
+    sc = ax.scatter(m, p, s=35, edgecolors="black", linewidths=0.4, zorder=3,
+                    **_round_colors(r, int(r.max()) + 1))
+    _round_colorbar(fig, sc, ax, "round picked", int(r.max()) + 1)
+    lo, hi = float(min(m.min(), p.min())), float(max(m.max(), p.max()))
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="predicted = measured")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    mae = float(np.mean(np.abs(p - m)))
+    cover = float(np.mean(np.abs(p - m) <= np.maximum(s, 1e-9)))
+    ax.set_title(title or f"Surrogate parity: MAE {mae:.3f} eV/atom, {cover:.0%} within 1σ (n={len(m)})",
+                 fontsize=10)
+    ax.set_xlabel("measured e_above_hull (eV/atom, MLIP)")
+    ax.set_ylabel("predicted e_above_hull at pick time (eV/atom)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
