@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,7 +103,7 @@ class PUSynthesizabilityModel:
             with np.load(p, allow_pickle=False) as d:
                 meta = json.loads(str(d["meta"]))
                 ens = TreeEnsemble.from_arrays(d)
-        except (ValueError, KeyError, OSError, json.JSONDecodeError) as err:
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as err:  # JSONDecodeError is a ValueError
             raise ValueError(f"{p} is not a synthesizability model ({err})") from None
         if meta.get("format") != FORMAT:
             raise ValueError(f"{p}: format {meta.get('format')!r}, expected {FORMAT!r}")
@@ -136,3 +137,31 @@ def cross_validate(positives: Sequence[Composition], unlabeled: Sequence[Composi
     return {"roc_auc_mean": float(np.mean(aucs)), "roc_auc_std": float(np.std(aucs)), "folds": folds,
             "n_positive": len(Xp), "n_unlabeled": len(Xu),
             "recall_at_0.5": float((p_pos >= 0.5).mean()), "unlabeled_frac_at_0.5": float((p_unl >= 0.5).mean())}
+
+
+def synthetic_unlabeled(positives: Sequence[Composition], n: int, seed: int = 0,
+                        max_elements: int = 4, max_count: int = 8) -> list[Composition]:
+    """Artificial hypothetical formulas, as SynthNN draws its unlabeled set: elements sampled by
+    how often they occur among the positives, 2..max_elements of them, counts 1..max_count.
+    Used when the user gives no unlabeled file; formulas that are known are skipped."""
+    rng = np.random.default_rng(seed)
+    known = {c.reduced_formula for c in positives}
+    counts: dict[str, float] = {}
+    for c in positives:
+        for el in c.elements:
+            counts[el.symbol] = counts.get(el.symbol, 0.0) + 1.0
+    if len(counts) < 2:
+        raise ValueError("the known materials span fewer than 2 elements; give --unlabeled")
+    els = sorted(counts)
+    w = np.array([counts[e] for e in els])
+    w /= w.sum()
+    out: dict[str, Composition] = {}
+    for _ in range(20 * n):
+        if len(out) >= n:
+            break
+        k = int(rng.integers(2, min(max_elements, len(els)) + 1))
+        pick = rng.choice(len(els), size=k, replace=False, p=w)
+        comp = Composition({els[i]: int(rng.integers(1, max_count + 1)) for i in pick}).reduced_composition
+        if comp.reduced_formula not in known:
+            out.setdefault(comp.reduced_formula, comp)
+    return list(out.values())
