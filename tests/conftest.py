@@ -51,4 +51,4 @@ def ray_local():
 def chgnet_model():
     from xtalforge.oracles.mlip import load_chgnet
 
-    return load_chgnet(threads=2)
+    return load_chgnet(threads=1)

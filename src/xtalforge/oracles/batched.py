@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from xtalforge.oracles.mlip import RelaxResult, energy_problem, failed, finish
+from xtalforge.oracles.mlip import RelaxResult, explosion, failed, finish
 
 # ASE FIRE defaults (ase.optimize.FIRE)
 DT, DT_MAX, MAX_STEP, N_MIN, F_INC, F_DEC, A_START, F_A = 0.1, 1.0, 0.2, 5, 1.1, 0.5, 0.1, 0.99
@@ -270,7 +270,7 @@ def relax_batched(model, structures: Sequence[Structure], fmax: float = 0.1, max
         alive_structures: list[Structure] = []
         for s, ev, st in zip(active, evs, current):
             seconds = time.perf_counter() - s.started
-            problem = ev.error or energy_problem(ev.energy / s.n)
+            problem = ev.error or explosion(st, ev.energy / s.n)
             if not problem and not _finite(ev):
                 problem = "forces or stress are NaN"
             if problem:  # FIRE will not come back from here: stop spending steps on it
@@ -291,7 +291,7 @@ def relax_batched(model, structures: Sequence[Structure], fmax: float = 0.1, max
                 results[s.index] = finish(st, s.last.energy, s.last.forces, s.nsteps, converged,
                                           [float(m) for m in s.last.magmoms], seconds)
             elif timeout_s is not None and seconds > timeout_s:
-                results[s.index] = failed(f"timed out after {timeout_s:.0f} s", seconds, timed_out=True)
+                results[s.index] = failed(f"timed out after {timeout_s:g} s", seconds, timed_out=True)
             else:
                 s.fire_step(f)
                 s.nsteps += 1

@@ -3,6 +3,11 @@
 CHGNet is trained on MPtrj (raw VASP GGA/GGA+U energies), so its energies become comparable
 to Materials Project's hull once the MP2020 anion and +U corrections are applied, as Matbench
 Discovery does. Pure elements need no correction; the shipped elemental references are raw.
+
+Reference entries combine: the shipped MP elemental references (always, unless a hull is built
+for another energy scale), user files (`load_reference_entries`), the chemical system's MP
+entries fetched once with mp-api and cached (`fetch_mp_entries`, only with MP_API_KEY), and
+every structure the campaign relaxes (`Hull.add`). `gather_references` reads the first three.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 import math
+import os
+import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
@@ -19,6 +27,8 @@ from pathlib import Path
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Structure
 from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -44,60 +54,66 @@ def _mp2020():
     return MaterialsProject2020Compatibility(check_potcar=False)
 
 
-def mp2020_entry(structure: Structure, energy: float, entry_id: str = "", apply: bool = True) -> ComputedStructureEntry:
-    """A ComputedStructureEntry for an MLIP total energy (eV per cell), MP2020-corrected.
+def mp_run_parameters(structure: Structure) -> dict:
+    """The VASP run parameters Materials Project would have used for this composition.
 
-    The run type mirrors what MP would have used: GGA+U when the structure holds O or F together
-    with one of MP's +U metals (Co, Cr, Fe, Mn, Mo, Ni, V, W), else GGA. The entry is returned
-    uncorrected if MP2020 rejects it (e.g. an unsupported oxidation state)."""
+    MP (MPRelaxSet, and MP2020's check of them) applies +U to Co, Cr, Fe, Mn, Mo, Ni, V, W only
+    when the most electronegative element is O or F; everything else is plain GGA. CHGNet, fitted
+    to MPtrj, predicts energies on that mixed GGA/GGA+U scale."""
+    compat = _mp2020()
+    comp = structure.composition.element_composition
+    most_electroneg = max(comp.elements, key=lambda el: el.X).symbol
+    u_table = compat.u_settings.get(most_electroneg, {})
+    hubbards = {el.symbol: float(u_table[el.symbol]) for el in comp.elements if el.symbol in u_table}
+    return {"run_type": "GGA+U" if hubbards else "GGA", "is_hubbard": bool(hubbards), "hubbards": hubbards,
+            "potcar_symbols": []}
+
+
+def mp2020_entry(structure: Structure, energy: float, entry_id: str = "", apply: bool = True) -> ComputedStructureEntry:
+    """A ComputedStructureEntry for an MLIP total energy (eV per cell), MP2020-corrected as
+    Matbench Discovery corrects MLIP energies.
+
+    The relaxed structure goes into the entry, so MP2020 detects the anion type from geometry
+    (oxide / peroxide / superoxide / ozonide by O-O distance, sulfide vs sulfate by S's
+    neighbours) and guesses oxidation states from the composition for the F, Cl, N, H, ...
+    anion corrections; oxidation-state decorations on the sites are removed first (the hull's
+    terminals are neutral elements, and a composition of Sr2+ ions would hide Element("Sr")).
+    The entry comes back uncorrected, with a warning, if MP2020 rejects it."""
     compat = _mp2020()
     structure = structure.copy()
-    structure.remove_oxidation_states()  # hull terminals are neutral elements, not Sr2+ ions
-    els = {e.symbol for e in structure.composition.elements}
-    hubbards: dict[str, float] = {}
-    for anion in ("O", "F"):
-        if anion in els:
-            hubbards = {el: u for el, u in compat.u_settings[anion].items() if el in els}
-            break
-    params = {
-        "run_type": "GGA+U" if hubbards else "GGA",
-        "is_hubbard": bool(hubbards),
-        "hubbards": hubbards,
-        "potcar_symbols": [],
-    }
-    entry = ComputedStructureEntry(structure, energy, parameters=params, entry_id=entry_id or None)
+    structure.remove_oxidation_states()
+    entry = ComputedStructureEntry(structure, energy, parameters=mp_run_parameters(structure),
+                                   entry_id=entry_id or None)
     if not apply:
         return entry
     try:
-        out = compat.process_entry(entry, clean=True, inplace=False)
-    except Exception:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "failed to guess oxidation states" is handled by MP2020 itself
+            out = compat.process_entry(entry, clean=True, inplace=False)
+    except Exception as err:
+        log.warning("MP2020 failed on %s (%s): %s", entry_id, structure.composition.reduced_formula, err)
         out = None
+    if out is None:
+        log.warning("MP2020 rejected %s (%s); its energy stays uncorrected", entry_id,
+                    structure.composition.reduced_formula)
     return out if out is not None else entry
 
 
 def load_reference_entries(path: str | Path) -> list[PDEntry]:
-    """Reference entries from a file.
+    """Reference entries from a file, energies taken as written (eV; put them on the hull's
+    scale first: MP-compatible means raw GGA/GGA+U plus MP2020 corrections, as MP serves them).
 
-    - JSON: a list of pymatgen ComputedEntry / ComputedStructureEntry / PDEntry dicts;
-    - CSV with `formula` and `energy` (eV per formula as written) or `energy_per_atom` columns;
+    - JSON (optionally .gz): a list of pymatgen ComputedEntry / ComputedStructureEntry / PDEntry
+      dicts, a dict of them keyed by id, {"entries": [...]}, or a single entry dict;
+    - CSV with `formula` and `energy` (eV per formula as written) or `energy_per_atom` columns,
+      and an optional `name`;
     - pymatgen's PDEntry CSV (`Name`, element columns, `Final energy`).
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"reference file {p} does not exist")
     if p.suffix.lower() in (".json", ".gz"):
-        raw = p.read_bytes()
-        data = json.loads(gzip.decompress(raw) if p.suffix.lower() == ".gz" else raw)
-        items = data.values() if isinstance(data, dict) else data
-        out: list[PDEntry] = []
-        for i, d in enumerate(items):
-            cls = d.get("@class", "ComputedEntry")
-            kind = {"ComputedStructureEntry": ComputedStructureEntry, "PDEntry": PDEntry}.get(cls, ComputedEntry)
-            try:
-                out.append(kind.from_dict(d))
-            except Exception as err:
-                raise ValueError(f"{p}: entry {i} is not a pymatgen entry ({err})") from None
-        return out
+        return _entries_from_json(p)
     with p.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
@@ -120,6 +136,88 @@ def load_reference_entries(path: str | Path) -> list[PDEntry]:
             raise ValueError(f"{p} line {i}: energy is not finite")
         out.append(PDEntry(comp, e, name=r.get("name") or r["formula"]))
     return out
+
+
+def _entries_from_json(p: Path) -> list[PDEntry]:
+    from monty.json import MontyDecoder
+
+    raw = p.read_bytes()
+    try:
+        data = json.loads(gzip.decompress(raw) if p.suffix.lower() == ".gz" else raw)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{p}: not JSON ({err})") from None
+    if isinstance(data, dict):
+        if "@class" in data:
+            data = [data]
+        elif isinstance(data.get("entries"), list):
+            data = data["entries"]
+        else:
+            data = list(data.values())
+    if not isinstance(data, list):
+        raise ValueError(f"{p}: expected a list of pymatgen entries")
+    decoder = MontyDecoder()
+    out: list[PDEntry] = []
+    for i, d in enumerate(data):
+        try:
+            entry = decoder.process_decoded(d)
+        except Exception as err:
+            raise ValueError(f"{p}: entry {i} is not a pymatgen entry ({type(err).__name__}: {err})") from None
+        if not isinstance(entry, PDEntry | ComputedEntry):
+            raise ValueError(f"{p}: entry {i} is not a pymatgen entry (got {type(entry).__name__})")
+        if not math.isfinite(entry.energy):
+            raise ValueError(f"{p}: entry {i} has a non-finite energy")
+        out.append(entry)
+    return out
+
+
+def fetch_mp_entries(elements: Sequence[str], cache_dir: str | Path, api_key: str | None = None) -> list[ComputedStructureEntry]:
+    """Materials Project entries of the chemical system (MP2020-corrected GGA/GGA+U mixing, as MP
+    serves them), fetched once with mp-api and cached to `cache_dir`/mp_entries_<chemsys>.json.gz.
+
+    With the cache present nothing touches the network. Otherwise it needs MP_API_KEY (or
+    `api_key`) and the mp-api package; without either it raises RuntimeError saying which."""
+    chemsys = "-".join(sorted(elements))
+    cache = Path(cache_dir) / f"mp_entries_{chemsys}.json.gz"
+    if cache.is_file():
+        return [ComputedStructureEntry.from_dict(d) for d in json.loads(gzip.decompress(cache.read_bytes()))]
+    key = api_key or os.environ.get("MP_API_KEY")
+    if not key:
+        raise RuntimeError("Materials Project references need an API key: set MP_API_KEY "
+                           "(https://next-gen.materialsproject.org/api)")
+    try:
+        from mp_api.client import MPRester
+    except ImportError:
+        raise RuntimeError("Materials Project references need the mp-api package: "
+                           "pip install 'xtalforge[mp]' (or pip install mp-api)") from None
+    with MPRester(key) as mpr:
+        entries = mpr.get_entries_in_chemsys(list(elements), additional_criteria={"thermo_types": ["GGA_GGA+U"]})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(json.dumps([e.as_dict() for e in entries], default=str).encode()))
+    tmp.replace(cache)  # a crash mid-write must not leave a truncated cache behind
+    return list(entries)
+
+
+def gather_references(elements: Sequence[str], files: Sequence[str | Path] = (), mp_api: bool | None = None,
+                      cache_dir: str | Path = "runs/mp_cache") -> list[PDEntry]:
+    """Reference entries from every configured source, to pass to `Hull` (which adds the
+    shipped MP elemental references itself, and the campaign's own relaxations as they land).
+
+    `mp_api`: True requires the Materials Project fetch; None uses it only when MP_API_KEY is
+    set (or a cache exists) and logs why not otherwise; False never does."""
+    refs: list[PDEntry] = []
+    for f in files:
+        refs.extend(load_reference_entries(f))
+    if mp_api is False:
+        return refs
+    try:
+        refs.extend(fetch_mp_entries(elements, cache_dir))
+    except Exception as err:
+        if mp_api:
+            raise
+        # a key means the user wants MP: say loudly why it did not happen
+        (log.warning if os.environ.get("MP_API_KEY") else log.info)("no Materials Project references: %s", err)
+    return refs
 
 
 class Hull:

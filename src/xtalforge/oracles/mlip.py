@@ -31,6 +31,7 @@ from xtalforge.synthesis.validity import min_distance
 ENERGY_WINDOW = (-15.0, 5.0)
 FUSED_DISTANCE = 0.6  # Å
 MAX_VOLUME_PER_ATOM = 150.0  # Å^3/atom; beyond this the cell has blown apart
+MIN_VOLUME_PER_ATOM = 1.0  # Å^3/atom; below this it has collapsed
 
 
 @dataclass
@@ -64,14 +65,23 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def limit_threads(threads: int | None) -> None:
+    """Cap torch and BLAS (scipy/numpy OpenBLAS) threads in this process; None leaves them."""
+    if not threads:
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)  # stays in force: each actor is its own process
+
+
 def load_chgnet(threads: int | None = 1, device: str = "cpu"):
     """Load the bundled CHGNet weights (no download). One torch thread by default: Ray runs
     one actor per core, and oversubscribed BLAS threads slow every actor down."""
-    import torch
     from chgnet.model import CHGNet
 
-    if threads:
-        torch.set_num_threads(threads)
+    limit_threads(threads)
     with contextlib.redirect_stdout(io.StringIO()):
         model = CHGNet.load(verbose=False, use_device=resolve_device(device))
     # a random proposal with an atom beyond the 5 Å cutoff must not spam stderr every step
@@ -116,6 +126,8 @@ def explosion(structure: Structure, e_per_atom: float) -> str:
     vpa = structure.volume / len(structure)
     if not math.isfinite(vpa) or vpa > MAX_VOLUME_PER_ATOM:
         return f"cell exploded (volume > {MAX_VOLUME_PER_ATOM:.0f} Å^3/atom)"
+    if vpa < MIN_VOLUME_PER_ATOM:
+        return f"cell collapsed (volume < {MIN_VOLUME_PER_ATOM:.0f} Å^3/atom)"
     d = min_distance(structure)
     if d < FUSED_DISTANCE:
         return f"atoms fused ({d:.2f} Å apart)"
@@ -146,11 +158,11 @@ def relax_ase(calc, structure: Structure, fmax: float = 0.1, max_steps: int = 30
             converged = False
             for converged in opt.irun(fmax=fmax, steps=max_steps):
                 e_now = float(atoms.get_potential_energy()) / len(atoms)
-                problem = energy_problem(e_now)
-                if problem:  # stop early: FIRE will not come back from NaN or a blown-up cell
+                problem = explosion(AseAtomsAdaptor.get_structure(atoms), e_now)
+                if problem:  # stop early: FIRE will not come back from NaN, fused atoms or a blown-up cell
                     return failed(problem, time.perf_counter() - t0)
                 if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
-                    return failed(f"timed out after {timeout_s:.0f} s", time.perf_counter() - t0, timed_out=True)
+                    return failed(f"timed out after {timeout_s:g} s", time.perf_counter() - t0, timed_out=True)
             e = float(atoms.get_potential_energy())
             forces = np.asarray(atoms.get_forces())
             try:
@@ -212,10 +224,7 @@ class Relaxer:
         self.threads = threads
         self._chgnet = None
         if is_ase_model(model):
-            if threads:
-                import torch
-
-                torch.set_num_threads(threads)
+            limit_threads(threads)
             self.calc = load_ase_calculator(model, model_options)
         elif model == "chgnet":
             self._chgnet = load_chgnet(threads, self.device)
@@ -231,13 +240,27 @@ class Relaxer:
         return self._chgnet
 
     def relax_many(self, structures: Sequence[Structure], fmax: float, max_steps: int, relax_cell: bool = True,
-                   timeout_s: float | None = None) -> list[RelaxResult]:
+                   timeout_s: float | None = None, properties: Sequence[str] = ()) -> list[RelaxResult]:
+        """Relax each structure; then compute `properties` (see properties.py) on the ok ones."""
         if self.batched:
             from xtalforge.oracles.batched import relax_batched
 
-            return relax_batched(self.chgnet, structures, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell,
-                                 max_batch=self.max_batch, timeout_s=timeout_s)
-        return [relax_ase(self.calc, s, fmax, max_steps, relax_cell, timeout_s) for s in structures]
+            out = relax_batched(self.chgnet, structures, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell,
+                                max_batch=self.max_batch, timeout_s=timeout_s)
+        else:
+            out = [relax_ase(self.calc, s, fmax, max_steps, relax_cell, timeout_s) for s in structures]
+        if properties:
+            from xtalforge.oracles.properties import compute_properties
+
+            def energies(cells: Sequence[Structure]) -> np.ndarray:
+                return self.energies(cells, relax_ions=True, fmax=min(fmax, 0.05), max_steps=min(max_steps, 100))
+
+            for r in out:
+                if r.ok:
+                    t0 = time.perf_counter()
+                    r.properties, r.property_errors = compute_properties(properties, r.structure, energies)
+                    r.seconds += time.perf_counter() - t0
+        return out
 
     def energies(self, structures: Sequence[Structure], relax_ions: bool = True, fmax: float = 0.05,
                  max_steps: int = 100) -> np.ndarray:
