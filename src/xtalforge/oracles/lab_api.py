@@ -96,6 +96,15 @@ def create_app(store: LabStore, lab_name: str) -> FastAPI:
         if creds is None or not token_ok(store, creds.credentials):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
+    def known_query(*names: str):
+        # a misspelt option (include_answerd=true) is refused, not silently ignored
+        def check(request: Request) -> None:
+            extra = sorted(set(request.query_params) - set(names))
+            if extra:
+                raise RequestValidationError([{"loc": ("query", k), "msg": "unknown query parameter",
+                                               "type": "extra_forbidden"} for k in extra])
+        return check
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
         errs = [ProblemOut(row=None, candidate_id=None,
@@ -108,7 +117,7 @@ def create_app(store: LabStore, lab_name: str) -> FastAPI:
         return Health(status="ok", lab=lab_name)
 
     @app.get("/requests", response_model=RequestsOut, responses={**_AUTH, **_BAD},
-             dependencies=[Depends(authorized)], tags=["lab"])
+             dependencies=[Depends(authorized), Depends(known_query("include_answered"))], tags=["lab"])
     def requests(include_answered: bool = Query(False, description="also list answered requests")) -> RequestsOut:
         rows = store.lab_requests(lab_name, open_only=not include_answered)
         return RequestsOut(lab=lab_name, requests=[
@@ -121,7 +130,7 @@ def create_app(store: LabStore, lab_name: str) -> FastAPI:
     @app.post(
         "/results", status_code=201, response_model=Accepted, tags=["lab"],
         responses={**_AUTH, **_BAD, 413: {"model": Detail, "description": f"body over {MAX_BYTES} bytes"}},
-        dependencies=[Depends(authorized)],
+        dependencies=[Depends(authorized), Depends(known_query())],
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": results_schema(MAX_ROWS)}}}},
     )

@@ -172,7 +172,7 @@ def results_schema(max_rows: int = 10_000) -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "required": ["results"],
-        "properties": {"results": {"type": "array", "items": row, "maxItems": max_rows},
+        "properties": {"results": {"type": "array", "items": row, "minItems": 1, "maxItems": max_rows},
                        "source": {"type": "string", "maxLength": 200}},
     }
 

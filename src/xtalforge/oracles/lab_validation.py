@@ -149,7 +149,7 @@ def rows_from_csv(text: str | bytes, specs: Mapping[str, QuantitySpec]) -> tuple
     if problems:
         return [], problems
     rows: list[Any] = []
-    for k, cells in enumerate(lines[1:], start=1):
+    for cells in lines[1:]:
         if len(cells) != len(header):
             rows.append(_Bad(f"{len(cells)} cells for {len(header)} columns"))
             continue
