@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import ray
+from pymatgen.core import Structure
 
 from xtalforge.generators.base import Generator
 from xtalforge.types import Candidate, RoundContext
@@ -49,7 +50,14 @@ def propose_parallel(gen: Generator, n: int, ctx: RoundContext, chunks: int) -> 
     out: list[Candidate] = []
     for ref in refs:
         try:
-            out.extend(ray.get(ref))
+            got = ray.get(ref)
         except Exception as err:  # one failed chunk costs its proposals, not the round
             log.warning("%s: a proposal task failed: %s", gen.name, err)
+            continue
+        for c in got:
+            # Ray hands numpy arrays back read-only, and pymatgen caches lattice arrays that
+            # it later writes into (distance_matrix); a fresh copy owns writable arrays
+            c.structure = Structure.from_dict(c.structure.as_dict())
+        out.extend(got)
     return out
+
