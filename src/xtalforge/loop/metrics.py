@@ -87,6 +87,40 @@ def hypervolume_2d(points: np.ndarray, ref: Sequence[float]) -> float:
     return float(area)
 
 
+def hypervolume(points: np.ndarray, ref: Sequence[float]) -> float:
+    """Hypervolume dominated by `points` (every column minimized) up to `ref`, any dimension:
+    the exact 2-D sweep, BoTorch's exact algorithm beyond."""
+    pts = np.asarray(points, dtype=float)
+    if pts.ndim != 2 or pts.shape[1] < 2:
+        raise ValueError("hypervolume needs points with two or more objectives")
+    if pts.shape[1] == 2:
+        return hypervolume_2d(pts, ref)
+    import torch
+    from botorch.utils.multi_objective.hypervolume import Hypervolume
+
+    r = np.asarray(ref, dtype=float)
+    pts = pts[np.all(pts < r, axis=1)]
+    if not len(pts):
+        return 0.0
+    pts = pts[pareto_mask(pts)]
+    # BoTorch maximizes: negate both the points and the reference
+    return float(Hypervolume(torch.tensor(-r)).compute(torch.tensor(-pts)))
+
+
+def reference_point(names: Sequence[str], minimize: Sequence[bool], values: np.ndarray) -> np.ndarray:
+    """A hypervolume reference in the minimized frame: fixed for the quantities the project
+    knows (e_above_hull 0.5 eV/atom, p_synth 0), else the worst value seen so far."""
+    fixed = {"e_above_hull": HV_REF_E_HULL, "p_synth": HV_REF_P_SYNTH}
+    ref = []
+    for j, (name, mini) in enumerate(zip(names, minimize)):
+        v = fixed.get(name)
+        if v is None:
+            col = values[:, j]
+            v = float(np.nanmax(col) if mini else np.nanmin(col)) if len(col) else 0.0
+        ref.append(v if mini else -v)
+    return np.asarray(ref)
+
+
 def e_hull_p_synth_hypervolume(e_hull: Sequence[float], p_synth: Sequence[float]) -> float:
     """Hypervolume of (e_above_hull minimized, p_synth maximized), in eV/atom x probability."""
     pts = np.column_stack([np.asarray(e_hull, float), -np.asarray(p_synth, float)])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram, uniquelines
 
 DPI = 110
@@ -90,15 +91,21 @@ def discovery_curve(path: Path, e_above_hull: Sequence[float], is_hit: Sequence[
     bot.step(calls[shown], best[shown], where="post", color="black", lw=1.5, label="best so far")
     bot.axhline(threshold, color=HIT, ls="--", lw=1, label=f"hit threshold ({threshold:g} eV/atom)")
     if ok.any():
-        # random structures can sit eV above the hull; keep the interesting range readable
-        hi = min(np.nanmax(e[ok]), max(1.0, np.nanpercentile(e[ok], 90)))
-        bot.set_ylim(min(np.nanmin(e[ok]), threshold) - 0.05, hi + 0.1)
+        # random structures can sit eV above the hull; keep the interesting range readable and
+        # mark the calls beyond it at the top edge
+        hi = min(np.nanmax(e[ok]), max(1.0, np.nanpercentile(e[ok], 90))) + 0.1
+        bot.set_ylim(min(np.nanmin(e[ok]), threshold) - 0.05, hi)
+        far = ok & (e > hi)
+        if far.any():
+            bot.plot(calls[far], np.full(far.sum(), hi), "^", color="grey", ms=7, clip_on=False,
+                     label=f"above {hi:.1f} eV/atom")
+    bot.xaxis.set_major_locator(MaxNLocator(integer=True))
     for k in np.flatnonzero(np.diff(rnd)) + 1:  # round boundaries
         for ax in (top, bot):
             ax.axvline(k + 0.5, color="grey", lw=0.8, ls=":")
     bot.set_xlabel("oracle calls (MLIP relaxations)")
     bot.set_ylabel("e_above_hull (eV/atom)")
-    bot.legend(loc="upper right", fontsize=8)
+    bot.legend(loc="best", fontsize=8)
     bot.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -122,21 +129,36 @@ def hull_plot(path: Path, pd: PhaseDiagram, campaign: Mapping[str, PDEntry],
               show_above: float = 0.3, title: str = "") -> Path:
     """The convex hull of the chemical system with the campaign's phases on it.
 
-    2 elements: formation energy against composition with the hull line; 3 and 4 elements: the
-    Gibbs triangle or tetrahedron with the hull's tie lines. Reference phases are grey, the
-    campaign's stable phases (hits) red stars, its phases within `show_above` eV/atom coloured
-    by e_above_hull. Other element counts get an e_above_hull chart instead.
-    """
+    Left, 2 elements: formation energy against composition with the hull line; 3 and 4
+    elements: the Gibbs triangle or tetrahedron with the hull's tie lines. Reference phases are
+    grey, the campaign's phases on the hull red stars, its phases within `show_above` eV/atom
+    coloured by e_above_hull. Right: every campaign phase's e_above_hull by formula, since
+    polymorphs share one point of the composition diagram. Other element counts get only the
+    right-hand panel."""
     n = len(pd.elements)
     chemsys = "-".join(el.symbol for el in pd.elements)
     title = title or f"Convex hull of {chemsys}"
-    if n < 2 or n > 4:
-        return _energy_bars(path, campaign, e_above_hull, threshold,
-                            f"{title}\n(a hull plot needs 2-4 elements; e_above_hull per phase instead)")
-    fig = _figure(7.5, 6)
-    ax = fig.add_subplot(projection="3d" if n == 4 else None)
+    if not 2 <= n <= 4:
+        fig = _figure(7.5, 6)
+        if not _ladder(fig.add_subplot(), campaign, e_above_hull, threshold):
+            return message(path, title, "No campaign phases yet.")
+        fig.suptitle(f"{title}\n(a hull diagram needs 2-4 elements; e_above_hull per phase instead)", fontsize=11)
+        return _save(fig, path)
+    fig = _figure(13, 6.2)
+    grid = fig.add_gridspec(1, 2, width_ratios=[1.45, 1])
+    ax = fig.add_subplot(grid[0], projection="3d" if n == 4 else None)
+    _hull_diagram(fig, ax, pd, campaign, e_above_hull, threshold, show_above)
+    _ladder(fig.add_subplot(grid[1]), campaign, e_above_hull, threshold)
+    n_far = sum(1 for k in campaign if e_above_hull.get(k, np.inf) > show_above)
+    fig.suptitle(f"{title}: {len(campaign)} campaign phases, {n_far} of them more than "
+                 f"{show_above:g} eV/atom above the hull (not in the diagram)", fontsize=11)
+    return _save(fig, path)
+
+
+def _hull_diagram(fig: Figure, ax, pd: PhaseDiagram, campaign: Mapping[str, PDEntry],
+                  e_above_hull: Mapping[str, float], threshold: float, show_above: float) -> None:
+    n = len(pd.elements)
     entries = pd.qhull_entries
-    lines = uniquelines(pd.facets)
     ours = {id(e) for e in campaign.values()}
 
     def xy(entry: PDEntry) -> np.ndarray:
@@ -145,37 +167,31 @@ def hull_plot(path: Path, pd: PhaseDiagram, campaign: Mapping[str, PDEntry],
             return np.array([f[1], pd.get_form_energy_per_atom(entry)])
         return f @ _simplex_vertices(n)
 
-    if n > 2:  # outline of the simplex
+    if n > 2:  # outline of the simplex, corners named
         v = _simplex_vertices(n)
         for i in range(n):
             for j in range(i + 1, n):
                 ax.plot(*np.array([v[i], v[j]]).T, color="lightgrey", lw=1, zorder=1)
         for i, el in enumerate(pd.elements):
-            off = (v[i] - v.mean(0)) * 0.08
-            ax.text(*(v[i] + off), el.symbol, fontsize=14, ha="center", va="center", weight="bold")
-    for a, b in lines:
+            ax.text(*(v[i] + (v[i] - v.mean(0)) * 0.09), el.symbol, fontsize=14, ha="center",
+                    va="center", weight="bold")
+    for a, b in uniquelines(pd.facets):
         ax.plot(*np.array([xy(entries[a]), xy(entries[b])]).T, color="black", lw=1.2, zorder=2)
-    labelled: set[str] = set()
-    for entry in pd.stable_entries:
-        p = xy(entry)
-        mine = id(entry) in ours
-        ax.scatter(*p, s=170 if mine else 45, marker="*" if mine else "o",
-                   color=HIT if mine else REF, zorder=5, edgecolors="black", linewidths=0.5)
-        f = entry.composition.reduced_formula
-        if f not in labelled and (mine or len(entry.composition) > 1):  # corners are labelled
-            labelled.add(f)
-            ax.text(*(p + (np.array([0, 0.015]) if n == 2 else 0)), f" {f}", fontsize=9,
-                    color=HIT if mine else REF, zorder=6)
-    near = [(k, e) for k, e in campaign.items()
-            if k in e_above_hull and threshold < e_above_hull[k] <= show_above]
+    near = [(k, e) for k, e in campaign.items() if k in e_above_hull and threshold < e_above_hull[k] <= show_above]
     if near:
         pts = np.array([xy(e) for _, e in near])
         vals = np.array([e_above_hull[k] for k, _ in near])
         sc = ax.scatter(*pts.T, c=vals, cmap="plasma_r", vmin=0, vmax=show_above, s=30, zorder=4,
                         edgecolors="black", linewidths=0.3)
-        fig.colorbar(sc, ax=ax, label="campaign phase: e_above_hull (eV/atom)", shrink=0.7)
-    n_far = sum(1 for k in campaign if e_above_hull.get(k, np.inf) > show_above)
-    ax.scatter([], [], marker="*", s=120, color=HIT, edgecolors="black", label="new stable phase (hit)")
+        fig.colorbar(sc, ax=ax, label="campaign phase: e_above_hull (eV/atom)", shrink=0.6, pad=0.02)
+    for entry in pd.stable_entries:
+        p, mine = xy(entry), id(entry) in ours
+        ax.scatter(*p, s=170 if mine else 45, marker="*" if mine else "o", color=HIT if mine else REF,
+                   zorder=5, edgecolors="black", linewidths=0.5)
+        if mine or len(entry.composition) > 1:  # the corners are named already
+            ax.text(*(p + (np.array([0.0, 0.02]) if n == 2 else 0.0)), f" {entry.composition.reduced_formula}",
+                    fontsize=9, color=HIT if mine else REF, zorder=6)
+    ax.scatter([], [], marker="*", s=120, color=HIT, edgecolors="black", label="campaign phase on the hull")
     ax.scatter([], [], marker="o", s=40, color=REF, label="reference phase on the hull")
     if n == 2:
         e0, e1 = (el.symbol for el in pd.elements)
@@ -183,72 +199,76 @@ def hull_plot(path: Path, pd: PhaseDiagram, campaign: Mapping[str, PDEntry],
         ax.set_xlabel(f"fraction of {e1}")
         ax.set_ylabel("formation energy (eV/atom)")
         ax.grid(alpha=0.3)
+    elif n == 3:
+        ax.set_axis_off()
+        ax.set_aspect("equal")
+        ax.set_xlim(-0.1, 1.1)
+        ax.set_ylim(-0.1, 0.98)
     else:
         ax.set_axis_off()
-        if n == 3:
-            ax.set_aspect("equal")
-        else:
-            ax.view_init(elev=18, azim=-70)
-            ax.set_box_aspect(None, zoom=1.25)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
-    ax.set_title(f"{title}\n{len(campaign)} campaign phases; {n_far} more than "
-                 f"{show_above:g} eV/atom above the hull not shown", fontsize=10)
-    return _save(fig, path)
+        ax.view_init(elev=18, azim=-70)
+        ax.set_box_aspect(None, zoom=1.2)
+    ax.legend(loc="upper left" if n == 3 else "best", fontsize=8, framealpha=0.8)
 
 
-def _energy_bars(path: Path, campaign: Mapping[str, PDEntry], e_above_hull: Mapping[str, float],
-                 threshold: float, title: str) -> Path:
-    """The fallback hull view: the lowest e_above_hull per formula, as horizontal bars."""
-    best: dict[str, float] = {}
+def _ladder(ax, campaign: Mapping[str, PDEntry], e_above_hull: Mapping[str, float],
+            threshold: float, max_formulas: int = 20, x_max: float = 1.0) -> bool:
+    """Every campaign phase's e_above_hull (eV/atom), one row per formula, lowest rows first;
+    phases beyond `x_max` sit at the edge as '>'. False when there is nothing to draw."""
+    by_formula: dict[str, list[float]] = {}
     for k, entry in campaign.items():
-        if k in e_above_hull:
-            f = entry.composition.reduced_formula
-            best[f] = min(best.get(f, np.inf), e_above_hull[k])
-    if not best:
-        return message(path, title, "No campaign phases on the hull yet.")
-    items = sorted(best.items(), key=lambda t: t[1])[:25]
-    fig = _figure(7, 0.8 + 0.3 * len(items))
-    ax = fig.add_subplot()
-    vals = np.array([v for _, v in items])
-    ys = np.arange(len(items))
-    colors = [HIT if v <= threshold + 1e-9 else "#1f77b4" for v in vals]
-    ax.hlines(ys, 0, vals, color=colors, lw=2)  # lollipops: a zero-height bar would vanish
-    ax.scatter(vals, ys, color=colors, s=40, zorder=3)
-    ax.set_yticks(ys, [f for f, _ in items])
+        if k in e_above_hull and np.isfinite(e_above_hull[k]):
+            by_formula.setdefault(entry.composition.reduced_formula, []).append(e_above_hull[k])
+    if not by_formula:
+        return False
+    rows = sorted(by_formula.items(), key=lambda t: min(t[1]))[:max_formulas]
+    lo = min(min(v) for _, v in rows)
+    for y, (_, vals) in enumerate(rows):
+        v = np.asarray(vals)
+        hit, far = v <= threshold + 1e-9, v > x_max
+        mid = ~hit & ~far
+        ax.scatter(v[mid], np.full(mid.sum(), y), s=30, color="#1f77b4", alpha=0.8, zorder=3)
+        ax.scatter(v[hit], np.full(hit.sum(), y), s=150, marker="*", color=HIT, edgecolors="black",
+                   linewidths=0.5, zorder=4)
+        ax.scatter(np.full(far.sum(), x_max), np.full(far.sum(), y), marker=">", s=30, color="grey", zorder=3)
     ax.axvline(threshold, color=HIT, ls="--", lw=1, label=f"hit threshold ({threshold:g} eV/atom)")
-    ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(range(len(rows)), [f for f, _ in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(min(lo, threshold) - 0.03, x_max + 0.03)
+    ax.set_xlabel(f"e_above_hull (eV/atom); > at {x_max:g}: further above")
+    ax.set_title("campaign phases by formula (polymorphs in one row)", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
-    ax.set_xlabel("e_above_hull (eV/atom)")
-    ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    ax.legend(fontsize=8, loc="lower right")
+    return True
 
 
 # -- Pareto front -------------------------------------------------------------------------
-def pareto_plot(path: Path, e_above_hull: Sequence[float], other: Sequence[float], other_label: str,
-                labels: Sequence[str] = (), maximize_other: bool = True, title: str = "") -> Path:
-    """e_above_hull (minimized, eV/atom) against a second objective, front highlighted."""
+def pareto_plot(path: Path, x: Sequence[float], y: Sequence[float], labels: Sequence[str] = (),
+                x_label: str = "e_above_hull (eV/atom)", y_label: str = "p_synth",
+                maximize_x: bool = False, maximize_y: bool = True, title: str = "") -> Path:
+    """Two objectives of the evaluated candidates, the Pareto front highlighted and labelled."""
     from xtalforge.loop.metrics import pareto_mask
 
-    x, y = np.asarray(e_above_hull, float), np.asarray(other, float)
+    x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     if not ok.any():
         return message(path, "Pareto front", "No evaluated candidates with both objectives yet.")
-    x, y = x[ok], y[ok]
     names = np.asarray(list(labels) if len(labels) else [""] * len(ok), dtype=object)[ok]
-    front = pareto_mask(np.column_stack([x, -y if maximize_other else y]))
+    x, y = x[ok], y[ok]
+    front = pareto_mask(np.column_stack([-x if maximize_x else x, -y if maximize_y else y]))
     fig = _figure(7, 5)
     ax = fig.add_subplot()
     ax.scatter(x[~front], y[~front], s=25, color="#9ecae1", edgecolors="#3182bd", label="dominated")
     order = np.argsort(x[front])
-    ax.step(x[front][order], y[front][order], where="post" if maximize_other else "pre",
+    # the staircase a front makes, stepping the way the objectives trade off
+    ax.step(x[front][order], y[front][order], where="post" if maximize_y != maximize_x else "pre",
             color=HIT, lw=1.5, zorder=3)
     ax.scatter(x[front], y[front], s=60, color=HIT, edgecolors="black", zorder=4, label="Pareto front")
     for xi, yi, name in zip(x[front], y[front], names[front]):
         ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("e_above_hull (eV/atom), lower is better")
-    ax.set_ylabel(f"{other_label}, {'higher' if maximize_other else 'lower'} is better")
-    ax.set_title(title or f"Pareto front: e_above_hull vs {other_label}")
+    ax.set_xlabel(f"{x_label}, {'higher' if maximize_x else 'lower'} is better")
+    ax.set_ylabel(f"{y_label}, {'higher' if maximize_y else 'lower'} is better")
+    ax.set_title(title or f"Pareto front: {x_label.split(' (')[0]} vs {y_label.split(' (')[0]}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from xtalforge.loop import plots
@@ -159,7 +160,6 @@ def write_plots(c: Campaign, rows: list[dict], folder: Path) -> dict[str, Path]:
     by_id = {d["id"]: d for d in rows}
     seq = [by_id[i] for i in order if i in by_id]
     ok = [d for d in rows if d["status"] == "ok"]
-    has_p = any(math.isfinite(d["p_synth"]) for d in ok)
     predicted = [d for d in ok if math.isfinite(d["pred_e_above_hull"])]
     title = f"{c.cfg.chemsys}: {sum(d['hit'] for d in rows)} hits in {len(rows)} oracle calls"
     jobs = {
@@ -169,10 +169,7 @@ def write_plots(c: Campaign, rows: list[dict], folder: Path) -> dict[str, Path]:
         "convex_hull": lambda p: plots.hull_plot(
             p, c.hull.phase_diagram, c.hull.campaign, c.hull.all_e_above_hull(), thr,
             title=f"Convex hull of {c.cfg.chemsys} (MP elements + this campaign)"),
-        "pareto_front": lambda p: plots.pareto_plot(
-            p, [d["e_above_hull"] for d in ok], [d["p_synth" if has_p else "density"] for d in ok],
-            "p_synth" if has_p else "density (g/cm³)", [d["formula"] for d in ok],
-            title="" if has_p else "e_above_hull vs density (no synthesizability score in this campaign)"),
+        "pareto_front": lambda p: _pareto(c, p, ok),
         "surrogate_parity": lambda p: plots.parity_plot(
             p, [d["e_above_hull"] for d in predicted], [d["pred_e_above_hull"] for d in predicted],
             [d["pred_e_above_hull_std"] for d in predicted], [d["evaluated_round"] for d in predicted]),
@@ -184,6 +181,24 @@ def write_plots(c: Campaign, rows: list[dict], folder: Path) -> dict[str, Path]:
         except Exception as err:
             out[name] = plots.message(path, name.replace("_", " "), f"plot failed: {type(err).__name__}: {err}")
     return out
+
+
+def _pareto(c: Campaign, path: Path, ok: list[dict]) -> Path:
+    """The front of the campaign's objectives (see Campaign._objectives); with one objective
+    and no synthesizability scores, e_above_hull against density so the plot still informs."""
+    names, minimize = c._objectives()
+    table = c._objective_values(names, c.hull.all_e_above_hull())
+    formula = {d["id"]: d["formula"] for d in ok}
+    if table:
+        ids = list(table)
+        cols = np.array([table[i] for i in ids])
+        unit = {"e_above_hull": " (eV/atom)"}
+        return plots.pareto_plot(path, cols[:, 0], cols[:, 1], [formula.get(i, "") for i in ids],
+                                 names[0] + unit.get(names[0], ""), names[1] + unit.get(names[1], ""),
+                                 maximize_x=not minimize[0], maximize_y=not minimize[1])
+    return plots.pareto_plot(path, [d["e_above_hull"] for d in ok], [d["density"] for d in ok],
+                             [d["formula"] for d in ok], y_label="density (g/cm³)",
+                             title="e_above_hull vs density (one objective, no synthesizability scores)")
 
 
 def write_round(c: Campaign, r: int, metrics: dict) -> None:
@@ -226,7 +241,7 @@ def print_round(c: Campaign, r: int, m: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"round {r + 1}/{c.cfg.rounds} · {c.cfg.chemsys}", title_justify="left")
-    for col in ("generator", "proposed", "valid", "unique", "novel", "evaluated", "hits"):
+    for col in ("generator", "proposed", "valid", "unique", "novel", "evaluated", "hits so far"):
         t.add_column(col, justify="left" if col == "generator" else "right")
     rows = {d["id"]: d for d in ranked(c)}
     for g in c.generators:
@@ -241,8 +256,9 @@ def print_round(c: Campaign, r: int, m: dict) -> None:
         f"({_fmt(m.get('sun_rate'), '.1%')} of {int(m.get('evaluations_total', 0))} calls) · "
         f"failed {int(m.get('failed_mlip', 0))} · oracle use {_fmt(m.get('oracle_utilization'), '.0%')}",
         f"surrogate MAE {_fmt(m.get('surrogate_mae_last_round'))} eV/atom, within 1σ "
-        f"{_fmt(m.get('surrogate_within_1sigma'), '.0%')} · " + " ".join(
-            f"{s} {_fmt(m.get(f'time_{s}_s'), '.1f')}s" for s in stages),
+        f"{_fmt(m.get('surrogate_within_1sigma'), '.0%')} · pool {int(m.get('pool_size', 0))}",
+        "time (s): " + " · ".join(f"{s} {_fmt(m.get(f'time_{s}_s'), '.1f')}" for s in stages)
+        + f" · round {_fmt(m.get('time_round_s'), '.0f')}",
     ]
     buf = io.StringIO()
     con = Console(file=buf, width=110, force_terminal=sys.stdout.isatty())
@@ -313,13 +329,14 @@ def print_final(c: Campaign, paths: dict) -> None:
     from rich.table import Table
 
     rows = [d for d in ranked(c) if d["status"] == "ok"][:10]
-    t = Table(title=f"Best candidates, {c.cfg.chemsys} (e_above_hull vs. MP elements + this campaign, MP2020)")
+    t = Table(title=f"Best candidates, {c.cfg.chemsys} (e_above_hull vs. MP elements + this campaign)")
     for col in ("rank", "formula", "space group", "e_above_hull (eV/atom)", "e_form (eV/atom)", "hit", "source", "round"):
         t.add_column(col)
     for i, d in enumerate(rows, 1):
         t.add_row(str(i), d["formula"], d["spacegroup"], f"{d['e_above_hull']:+.3f}",
                   f"{d['e_form_per_atom']:+.3f}", "★" if d["hit"] else "", d["source"], str(d["round"] + 1))
-    Console().print(t)
+    # a pipe or a log file gets 120 columns, not the 80 rich assumes
+    Console(width=None if sys.stdout.isatty() else 120).print(t)
     c.echo(f"candidates table: {paths['csv']}")
     c.echo(f"top CIFs:         {paths['cifs']}/")
     if paths.get("report_html"):

@@ -60,7 +60,15 @@ def render_markdown(doc: dict, folder: Path) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.plots{display:grid;
-grid-template-columns:1fr 1fr;gap:12px}.hit{color:#d62728;font-weight:bold}"""
+grid-template-columns:1fr 1fr;gap:12px}.wide{grid-column:1/-1}.hit{color:#d62728;font-weight:bold}"""
+
+
+def _aspect(png: bytes) -> float:
+    """Width / height of a PNG, read from its IHDR chunk (bytes 16-24)."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        return 1.0
+    w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    return w / h if h else 1.0
 
 
 def render_html(doc: dict) -> str:
@@ -71,8 +79,10 @@ def render_html(doc: dict) -> str:
     out += [f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in doc["facts"]]
     out += ["</table>", "<h2>Plots</h2>", "<div class='plots'>"]
     for title, path in doc["plots"]:
-        data = base64.b64encode(Path(path).read_bytes()).decode()
-        out.append(f"<figure><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
+        raw = Path(path).read_bytes()
+        data = base64.b64encode(raw).decode()
+        wide = " class='wide'" if _aspect(raw) > 1.6 else ""  # e.g. the hull with its side panel
+        out.append(f"<figure{wide}><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
                    f"<figcaption>{e(title)}</figcaption></figure>")
     out += ["</div>", "<h2>Top candidates</h2>", "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr>"]
     for i, d in enumerate(doc["top"], 1):

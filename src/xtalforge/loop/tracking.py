@@ -26,13 +26,16 @@ log = logging.getLogger(__name__)
 EVERY = "every round"
 MODEL = "rounds with a fitted surrogate"
 PARITY = "rounds whose picks had surrogate predictions"
-MULTI = "campaigns with a second objective (p_synth)"
+MULTI = "campaigns with several objectives, or with p_synth on candidates"
 GENERATOR = "as the generator reports them"
+LAB = "campaigns with a lab oracle (config `lab:`)"
+UPDATED = "rounds that update the generators (update_generators)"
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One per-round metric. `name` may hold `{gen}` (generator name) or `{oracle}` (oracle name)."""
+    """One per-round metric. `name` may hold `{gen}` (a generator), `{oracle}` (an oracle),
+    `{arm}` (an acquisition function), `{objective}` (an objective) or `{key}` (generator-defined)."""
 
     name: str
     unit: str
@@ -48,6 +51,9 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("novel_{gen}", "count", EVERY,
                "of those, matching no reference structure (equals unique_{gen} without references)"),
     MetricSpec("time_generate_{gen}_s", "s", EVERY, "wall time of this generator's proposals and filters"),
+    MetricSpec("budget_share_{gen}", "fraction", EVERY,
+               "share of this round's proposals the generator got (Thompson-sampled from its hit rate)"),
+    MetricSpec("budget_posterior_{gen}", "fraction", UPDATED, "posterior mean hit rate of the generator"),
     MetricSpec("proposals", "count", EVERY, "sum of proposals_{gen}"),
     MetricSpec("valid", "count", EVERY, "sum of valid_{gen}"),
     MetricSpec("unique", "count", EVERY, "sum of unique_{gen}: new candidates stored this round"),
@@ -68,12 +74,28 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
                "hits so far: stable (e_above_hull <= hull.stable_threshold), unique and novel"),
     MetricSpec("sun_rate", "fraction", EVERY, "sun_count / evaluations_total"),
     MetricSpec("best_e_above_hull", "eV/atom", EVERY, "lowest e_above_hull of any evaluated candidate, current hull"),
-    MetricSpec("hypervolume", "eV/atom", MULTI,
-               "area dominated by the (e_above_hull min, p_synth max) front, reference (0.5 eV/atom, 0)"),
+    MetricSpec("hypervolume", "product of the objectives' units", MULTI,
+               "volume the Pareto front of the evaluated candidates dominates: over acquisition.objectives "
+               "when there are several, else over (e_above_hull, p_synth); reference point e_above_hull "
+               "0.5 eV/atom, p_synth 0, any other objective its worst value so far"),
+    MetricSpec("lab_results_new", "count", LAB, "lab results taken in at the start of the round"),
+    MetricSpec("lab_results_total", "count", LAB, "lab results so far"),
+    MetricSpec("lab_requests_new", "count", LAB, "lab requests sent this round"),
+    MetricSpec("lab_requests_open", "count", LAB, "lab requests not yet answered"),
+    MetricSpec("lab_results_waited", "count", LAB, "results a round held for (lab.wait) got"),
+    MetricSpec("time_lab_wait_s", "s", LAB, "time a round held for lab results (lab.wait)"),
     # surrogate
     MetricSpec("surrogate_nll", "nats", MODEL, "GP negative log marginal likelihood per training point"),
     MetricSpec("surrogate_n_train", "count", MODEL, "GP training points"),
     MetricSpec("time_surrogate_fit_s", "s", MODEL, "GP fit time"),
+    MetricSpec("surrogate_nll_{objective}", "nats", MODEL, "surrogate_nll of the model of one objective"),
+    MetricSpec("surrogate_exact", "0/1", MODEL, "1 for an exact GP, 0 for one on a subset of the data"),
+    MetricSpec("surrogate_multi_fidelity", "0/1", MODEL, "1 when MLIP and lab values are modelled jointly"),
+    MetricSpec("acq_screen_rescored", "count", MODEL, "pool candidates the batch step rescored exactly"),
+    MetricSpec("acq_screen_certified", "0/1", MODEL, "1 when the pool screen provably kept the best picks"),
+    MetricSpec("acq_picks_{arm}", "count", MODEL, "picks this acquisition function made this round"),
+    MetricSpec("acq_weight_{arm}", "probability", MODEL, "GP-Hedge weight of the acquisition function"),
+    MetricSpec("acq_reward_{arm}", "standardized", MODEL, "GP-Hedge reward of its previous nominees"),
     MetricSpec("surrogate_mae_last_round", "eV/atom", PARITY,
                "|predicted - measured| e_above_hull over this round's evaluated picks"),
     MetricSpec("surrogate_within_1sigma", "fraction", PARITY, "of those, measured within 1 predicted sigma"),
@@ -100,7 +122,7 @@ def round_metric_names(generators: list[str], oracles: list[str], when: tuple[st
     """
     out: list[str] = []
     for spec in ROUND_METRICS:
-        if spec.when not in when or "{key}" in spec.name:
+        if spec.when not in when or any(p in spec.name for p in ("{key}", "{arm}", "{objective}")):
             continue
         if "{gen}" in spec.name:
             out.extend(spec.name.format(gen=g) for g in generators)
@@ -109,6 +131,14 @@ def round_metric_names(generators: list[str], oracles: list[str], when: tuple[st
         else:
             out.append(spec.name)
     return out
+
+
+def undocumented(names: list[str]) -> list[str]:
+    """The names that match no ROUND_METRICS entry (a placeholder matches any non-empty text)."""
+    import re
+
+    pats = [re.compile("^" + re.sub(r"\\\{\w+\\\}", ".+", re.escape(s.name)) + "$") for s in ROUND_METRICS]
+    return sorted(n for n in names if not any(p.match(n) for p in pats))
 
 
 def metrics_markdown() -> str:
@@ -288,3 +318,31 @@ def ui_command(uri: str, host: str, port: int, artifact_root: str | None = None)
 def ensure_env() -> None:
     # mlflow asks git for provenance on every run start; silence that noise where git is absent
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def ui_target(run_dir: Path | None, tracking_uri: str | None = None) -> tuple[str, str | None]:
+    """(tracking URI, artifact root URI or None) that `xtalforge ui` should open.
+
+    With a run folder: its config's tracking URI (unless `tracking_uri` overrides it) and the
+    artifact location of its MLflow run. Without: `tracking_uri`, else the default local store
+    runs/mlflow.db with its artifacts in runs/mlartifacts."""
+    if run_dir is None:
+        if tracking_uri:
+            return tracking_uri, None
+        return resolve_uri("sqlite:///runs/mlflow.db"), (Path("runs") / "mlartifacts").resolve().as_uri()
+    from xtalforge.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a campaign folder (no config.yaml)")
+    uri = tracking_uri or load_config(run_dir / "config.yaml").tracking.uri
+    if uri.startswith(("http://", "https://")):
+        return uri, None
+    run_id = None
+    if (run_dir / "store.db").is_file():
+        from xtalforge.loop.store import CampaignStore
+
+        st = CampaignStore(f"sqlite:///{(run_dir / 'store.db').resolve()}")
+        run_id = st.get("mlflow_run_id")
+        st.close()
+    return uri, artifact_root_of(run_dir, uri, run_id)
