@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 CONFIG ?= configs/quickstart.yaml
+# Idle OpenMP threads spin by default; on a busy 2-core machine that made one GP likelihood
+# step 60x slower. Passive waiting costs nothing when the cores are free.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test install bench clean ui
 

@@ -7,7 +7,7 @@ Same chemical system, same number of MLIP relaxations, several seeds, three meth
   random     random structure search: random_symmetric generator, random selection,
              no surrogate, no updates
 SUN (stable, unique, novel): e_above_hull <= 0 against the hull of all methods' results pooled
-(plus MP elemental references, MP2020-corrected CHGNet energies), unique within the method
+(plus MP elemental references; CHGNet energies are on the MP2020-corrected scale), unique within the method
 (StructureMatcher), novel against the reference structures (--reference CIFs; by default the
 shared test CIFs inside the system).
 
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> float:
             if m.status != Status.ok or m.relaxed is None:
                 continue
             k = f"{key[0]}|{key[1]}|{m.candidate_id}"
-            hull.add(k, mp2020_entry(m.relaxed, m.values["energy_per_atom"] * len(m.relaxed), k))
+            # CHGNet energies already carry MP2020 corrections (see HullConfig.apply_mp2020)
+            hull.add(k, mp2020_entry(m.relaxed, m.values["energy_per_atom"] * len(m.relaxed), k, apply=False))
             rows.append((Candidate(structure=m.relaxed, source=key[0], round=m.round, id=m.candidate_id), k, m.round))
         per_run[key] = rows
         st.close()
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> float:
         return f"{statistics.mean(v):6.2f} ± {statistics.pstdev(v):5.2f}" if v else "n/a"
 
     print(f"\nDiscovery benchmark: {a.chemsys}, {a.relaxations} relaxations per run, {a.seeds} seeds, "
-          f"max {a.max_atoms} atoms; hull = MP elements + all runs pooled (MP2020)")
+          f"max {a.max_atoms} atoms; hull = MP elements + all runs pooled")
     print(f"{'method':10s} | {'SUN per 100 relaxations':>24s} | {'best e_above_hull (eV/atom)':>28s}")
     print("-" * 70)
     for m in methods:

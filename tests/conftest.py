@@ -6,7 +6,9 @@ import os
 import warnings
 from pathlib import Path
 
-import pytest
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: see Makefile
+
+import pytest  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 

@@ -15,6 +15,8 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # spinning idle OpenMP threads slow torch badly on a busy machine (set before torch loads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TQDM_MININTERVAL", "0.5")
 
 
@@ -107,21 +109,23 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_ui(a: argparse.Namespace) -> int:
+    """`mlflow ui` on a campaign's tracking store, artifacts served from where it wrote them."""
     import subprocess
 
-    from xtalforge.config import load_config
+    from xtalforge.config import ConfigError
+    from xtalforge.loop.tracking import ui_command, ui_target
 
-    uri = a.tracking_uri
-    if uri is None and a.run:
-        uri = load_config(_resolve_run(a.run) / "config.yaml").tracking.uri
-    if uri is None:
-        from xtalforge.loop.tracking import resolve_uri
-
-        uri = resolve_uri("sqlite:///runs/mlflow.db")
-    exe = Path(sys.executable).with_name("mlflow")
-    cmd = [str(exe) if exe.exists() else "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", a.host, "--port", str(a.port)]
+    try:
+        uri, root = ui_target(_resolve_run(a.run) if a.run else None, a.tracking_uri)
+    except (FileNotFoundError, ConfigError) as err:
+        return _fail([str(err)], 1)
+    if uri.startswith(("http://", "https://")):
+        # a remote server already is the UI: starting a second one would show the same data
+        print(f"this campaign logs to the MLflow server at {uri}; open that address in a browser")
+        return 0
+    cmd = ui_command(uri, a.host, a.port, root)
     print(" ".join(cmd))
+    print(f"MLflow UI at http://{a.host}:{a.port} (Ctrl-C stops it)")
     return subprocess.call(cmd)
 
 
@@ -250,6 +254,18 @@ def _add_lab_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(fn=cmd_lab_requests)
 
 
+def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
+    from xtalforge.synthesis.cli import add_parser
+
+    add_parser(sub)
+
+
+def _add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
+    from xtalforge.generators.wyckoff.cli import add_parser
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xtalforge", description="Closed-loop discovery of inorganic crystals")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -280,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(fn=cmd_ui)
     _add_lab_parser(sub)
+    _add_synth_parser(sub)
+    _add_pretrain_parser(sub)
     return p
 
 

@@ -25,23 +25,92 @@ class GeneratorConfig(_Strict):
 
 
 class MLIPConfig(_Strict):
-    model: Literal["chgnet"] = "chgnet"
+    model: str = Field("chgnet", description="'chgnet' (bundled weights) or an ASE calculator, "
+                                             "'ase:package.module.Class'")
+    model_options: dict = Field(default_factory=dict, description="keyword arguments of the ASE calculator")
     fmax: float = Field(0.1, gt=0, description="force convergence, eV/Å")
     max_steps: int = Field(300, gt=0)
     relax_cell: bool = True
     timeout_s: float = Field(600.0, gt=0, description="per relaxation")
     workers: int = Field(2, ge=1)
+    batched: Literal["auto", True, False] = Field("auto", description="relax many structures per model call (CHGNet)")
+    max_batch: int = Field(16, ge=1, description="structures relaxed together by one worker")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    properties: list[Literal["bulk_modulus"]] = Field(
+        default_factory=list, description="property oracles run on each relaxed structure")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v == "chgnet" or re.fullmatch(r"ase:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v):
+            return v
+        raise ValueError("use 'chgnet' or an ASE calculator as 'ase:package.module.Class' "
+                         "(e.g. ase:ase.calculators.emt.EMT)")
 
 
 class HullConfig(_Strict):
     references: list[str] = Field(default_factory=list, description="extra reference-entry files")
     stable_threshold: float = Field(0.0, ge=0, description="eV/atom; a hit is at or below this")
-    apply_mp2020: bool = True
+    # CHGNet is trained on MPtrj energies that already carry the MP2020 corrections (its
+    # fine-tuning guide corrects labels with MaterialsProject2020Compatibility), so correcting
+    # its output again double-counts them (Fe2O3: -2.88 vs MP's -1.71 eV/atom formation energy).
+    # "auto" corrects only energies from models trained on raw GGA/GGA+U energies.
+    apply_mp2020: Literal["auto"] | bool = "auto"
+
+    def mp2020_for(self, model: str) -> bool:
+        """Whether MLIP energies from `model` need the MP2020 corrections applied."""
+        if isinstance(self.apply_mp2020, bool):
+            return self.apply_mp2020
+        return not model.startswith("chgnet")
+
+
+class ObjectiveConfig(_Strict):
+    """A quantity the campaign optimizes; some oracle must measure it (e.g. e_above_hull)."""
+
+    name: str
+    minimize: bool = True
+
+
+class ConstraintConfig(_Strict):
+    """value `op` threshold, e.g. e_above_hull <= 0.1 (eV/atom) or p_synth >= 0.5: a modeled
+    outcome constraint when an oracle measures the value, a pool filter when every candidate
+    carries it (candidate.meta)."""
+
+    name: str
+    op: Literal["<=", ">="]
+    threshold: float
 
 
 class AcquisitionConfig(_Strict):
-    kind: Literal["qlognei", "ucb", "thompson", "random"] = "qlognei"
+    kind: Literal["qlognei", "ucb", "thompson", "random", "qlognehvi"] = "qlognei"
     batch_size: int = Field(6, gt=0, description="MLIP evaluations per round")
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=lambda: [ObjectiveConfig(name="e_above_hull", minimize=True)],
+        description="one: qLogNEI/UCB/Thompson; several: qLogNEHVI")
+    constraints: list[ConstraintConfig] = Field(default_factory=list)
+    portfolio: list[Literal["qlognei", "ucb", "thompson", "random", "qlognehvi"]] = Field(
+        default_factory=list, description="GP-Hedge over these acquisition functions (empty: `kind` alone)")
+    hedge_eta: float = Field(1.0, gt=0, description="GP-Hedge learning rate")
+    shortlist: int = Field(512, ge=16, description="candidates kept by the pool screen for the exact batch step")
+    mc_samples: int = Field(2048, ge=64, description="joint posterior draws for the batch step")
+    ucb_beta: float = Field(2.0, gt=0)
+    max_exact_gp: int = Field(2000, ge=50, description="training points past which the GP uses a subset of data")
+    hyper_subset: int = Field(600, ge=50, description="points the GP hyperparameters are fitted on")
+    featurizer: Literal["chgnet+composition", "magpie+structure", "chgnet+magpie+structure"] = "chgnet+composition"
+
+    @model_validator(mode="after")
+    def _kinds_fit_objectives(self) -> AcquisitionConfig:
+        names = [o.name for o in self.objectives]
+        if not names:
+            raise ValueError("objectives: name at least one")
+        if len(set(names)) != len(names):
+            raise ValueError("objectives: each name may appear once")
+        kinds = self.portfolio or [self.kind]
+        if len(names) > 1 and any(k not in ("qlognehvi", "random") for k in kinds):
+            raise ValueError("several objectives need kind 'qlognehvi' (or 'random')")
+        if len(names) == 1 and "qlognehvi" in kinds:
+            raise ValueError("'qlognehvi' needs at least two objectives")
+        return self
 
 
 class RayConfig(_Strict):
@@ -124,6 +193,25 @@ class LabConfig(_Strict):
         return self
 
 
+class SynthesisConfig(_Strict):
+    """How synthesizability steers the campaign (see xtalforge.synthesis)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    model: str | None = Field(None, description="PU model file from `xtalforge synth train` (.npz)")
+    min_p_synth: float = Field(0.5, ge=0, le=1, description="P(synthesizable) a pick must reach")
+    use: Literal["constraint", "objective", "off"] = Field(
+        "constraint", alias="as", description="constraint: filter the pool; objective: score, log and reward generators without filtering; off")
+    precursors: str | None = Field(None, description="precursor CSV for routes (default: shipped list)")
+    routes_per_target: int = Field(3, ge=0, description="synthesis routes reported per top candidate")
+
+    @field_validator("model", "precursors")
+    @classmethod
+    def _exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file() and not Path(v + ".npz").is_file():
+            raise ValueError(f"no such file {v}")
+        return v
+
+
 class CampaignConfig(_Strict):
     name: str = "campaign"
     chemical_system: list[str]
@@ -131,6 +219,8 @@ class CampaignConfig(_Strict):
     rounds: int = Field(3, gt=0)
     proposals_per_round: int = Field(60, gt=0)
     seed: int = 0
+    reference_structures: list[str] = Field(
+        default_factory=list, description="CIF files or folders of known structures; a match is not novel")
     update_generators: bool = Field(True, description="False freezes generators (an ablation)")
     generators: list[GeneratorConfig] = Field(
         default_factory=lambda: [GeneratorConfig(name="random_symmetric")]
@@ -142,6 +232,7 @@ class CampaignConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: str = "runs"
     lab: LabConfig | None = Field(None, description="a lab oracle answering asynchronously")
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
 
     @field_validator("name")
     @classmethod

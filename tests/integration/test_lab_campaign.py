@@ -116,18 +116,19 @@ def test_lab_answers_across_stop_and_resume(tmp_path, ray_local):
     assert store.integrity_problems() == []
     store.close()
 
-    # lab values train the surrogate at the high fidelity: they replace the MLIP's target
+    # lab values train the surrogate at the high fidelity, beside the MLIP's (multi-fidelity)
     again = Campaign.open(run_dir, progress=False)
     try:
         again._build()
         again._lab_collect(2)
         feats = again.store.features([c.id for c in again.store.candidates()])
-        ids, _X, y = again._training_data(feats)
+        d = again._training_data(feats)["e_above_hull"]
+        rows = list(zip(d.ids, d.y, d.fidelity if d.fidelity is not None else [1] * len(d.ids)))
         for m in lab_ms:
-            assert y[ids.index(m.candidate_id)] == -m.values["e_above_hull"]
-        others = [i for i in ids if i not in {m.candidate_id for m in lab_ms}]
+            assert (m.candidate_id, m.values["e_above_hull"], 2) in [(i, float(v), int(f)) for i, v, f in rows]
         e_hull = again.hull.all_e_above_hull()
-        assert np.allclose([y[ids.index(i)] for i in others], [-e_hull[i] for i in others])
+        mlip_rows = [(i, v) for i, v, f in rows if f == 1]
+        assert mlip_rows and np.allclose([v for _, v in mlip_rows], [e_hull[i] for i, _ in mlip_rows])
     finally:
         again.store.close()
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from pymatgen.core import Structure
+import numpy as np
+from pymatgen.core import Lattice, Structure
 
 from xtalforge.generators.base import reward_from
 from xtalforge.types import Candidate, Measurement
@@ -37,13 +38,21 @@ class Cell:
 class Prototype:
     key: str  # "builtin:<name>", "file:<path>" or "history:<candidate id>"
     primitive: Cell
-    conventional: Cell | None  # a larger cell when it still fits max_atoms: more partial orderings
+    larger: Cell | None  # conventional or doubled cell within max_atoms: room for partial orderings
     prior_a: float = 1.0  # Beta pseudo-counts of reward before any result came back
     prior_b: float = 1.0
 
     @property
     def species(self) -> list[str]:
         return sorted({str(sp) for sp in self.primitive.structure.species})
+
+
+def fresh(s: Structure) -> Structure:
+    """A copy with new, writable arrays and no cached lattice properties. Structures that come
+    through Ray's object store carry read-only arrays (the LLL matrix a lattice cached before
+    it was sent, among them) that pymatgen's Cython distance code refuses."""
+    return Structure(Lattice(np.array(s.lattice.matrix, dtype=float)), s.species,
+                     np.array(s.frac_coords, dtype=float))
 
 
 def builtin_paths() -> list[Path]:
@@ -103,10 +112,15 @@ def prepare(key: str, s: Structure, max_atoms: int, prior_a: float = 1.0, prior_
     prim = dec.get_primitive_structure()
     if len(prim) > max_atoms:
         raise PrototypeError(f"{key}: {len(prim)} atoms in the primitive cell > max_atoms {max_atoms}")
-    conv = None
+    larger = None
     if len(prim) < len(dec) <= max_atoms:
-        conv = Cell(dec, orbits(dec))
-    return Prototype(key, Cell(prim, orbits(prim)), conv, prior_a, prior_b)
+        larger = Cell(dec, orbits(dec))
+    elif 2 * len(prim) <= max_atoms:
+        # the doubled cell has the same orbits, but replacing part of one lets an ordering
+        # (CaSrTi2O6 from CaTiO3) break the translation
+        sup = prim * [1, 1, 2]
+        larger = Cell(sup, orbits(sup))
+    return Prototype(key, Cell(prim, orbits(prim)), larger, prior_a, prior_b)
 
 
 def load_prototypes(paths: Sequence[str | Path], builtin: bool, max_atoms: int) -> list[Prototype]:
@@ -135,7 +149,7 @@ def history_prototypes(history: Sequence[tuple[Candidate, Measurement]], k: int,
             continue
         r = reward_from(m)
         try:
-            out.append(prepare(f"history:{cand.id}", m.relaxed, max_atoms, 1.0 + 2.0 * r, 1.0 + 2.0 * (1.0 - r)))
+            out.append(prepare(f"history:{cand.id}", fresh(m.relaxed), max_atoms, 1.0 + 2.0 * r, 1.0 + 2.0 * (1.0 - r)))
         except PrototypeError as err:
             log.debug("history prototype skipped: %s", err)
     return out

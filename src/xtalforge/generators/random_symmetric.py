@@ -2,7 +2,10 @@
 
 Composition, formula units, space group and Wyckoff assignment are sampled; PyXtal sets the
 volume from atomic radii and enforces minimum distances. The update shifts probability towards
-the compositions and space groups whose structures came back low in energy.
+the compositions and space groups whose structures came back low in energy: each carries
+pseudo-counts `prior` (compositions) or `spacegroup_prior` (each of the 230 groups) plus the
+summed reward of its results, and is drawn in proportion. The space-group prior is small so
+that one good result in a group is felt (1 of ~23 pseudo-counts rather than 1 of 230).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 
 from xtalforge.generators.base import reward_from
 from xtalforge.generators.compositions import require_compositions
+from xtalforge.synthesis.validity import ValidityLimits, structure_problem
 from xtalforge.types import Candidate, Measurement, RoundContext
 
 log = logging.getLogger(__name__)
@@ -24,7 +28,8 @@ class RandomSymmetric:
     name = "random_symmetric"
 
     def __init__(self, elements: Sequence[str], max_atoms: int, prior: float = 1.0, volume_factor: float = 1.1,
-                 include_elements: bool = False, oxidation_commonality: str | float = "medium"):
+                 include_elements: bool = False, oxidation_commonality: str | float = "medium",
+                 spacegroup_prior: float = 0.1):
         comps = require_compositions(tuple(elements), max_atoms, oxidation_commonality)
         if not include_elements:
             comps = tuple(c for c in comps if len(c.elements) > 1)
@@ -33,6 +38,7 @@ class RandomSymmetric:
         self.max_atoms = max_atoms
         self.volume_factor = volume_factor
         self.prior = prior
+        self.spacegroup_prior = spacegroup_prior
         # pseudo-counts of reward: sampling probability ∝ prior + accumulated reward
         self.comp_reward = {f: 0.0 for f in self.compositions}
         self.sg_reward = np.zeros(230)
@@ -45,10 +51,11 @@ class RandomSymmetric:
         return w / w.sum()
 
     def spacegroup_probs(self) -> np.ndarray:
-        w = self.prior + self.sg_reward
+        w = self.spacegroup_prior + self.sg_reward
         return w / w.sum()
 
-    def _one(self, rng: np.random.Generator, round: int) -> Candidate | None:
+    def _one(self, rng: np.random.Generator, round: int, limits: ValidityLimits,
+             elements: tuple[str, ...], groups: dict) -> Candidate | None:
         from pyxtal import pyxtal
         from pyxtal.symmetry import Group
 
@@ -62,7 +69,9 @@ class RandomSymmetric:
             z = int(rng.integers(1, zmax + 1))
             sg = int(rng.choice(230, p=sg_p)) + 1
             num = [b * z for b in base]
-            group = Group(sg)
+            if sg not in groups:  # building a Group reads Wyckoff tables: ~10 ms each
+                groups[sg] = Group(sg)
+            group = groups[sg]
             # pyxtal counts atoms in the conventional cell; centred cells hold 2-4 primitive ones
             if sum(num) * 1 > self.max_atoms * group.cellsize():
                 continue
@@ -73,7 +82,7 @@ class RandomSymmetric:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    xtal.from_random(3, sg, species, num, factor=self.volume_factor,
+                    xtal.from_random(3, group, species, num, factor=self.volume_factor,
                                      random_state=int(rng.integers(2**31)))
             except Exception as err:  # pyxtal gives up on tight Wyckoff/distance combinations
                 log.debug("pyxtal %s sg %d: %s", formula, sg, err)
@@ -85,7 +94,7 @@ class RandomSymmetric:
                 s = s.get_primitive_structure()
             except Exception:
                 pass
-            if len(s) > self.max_atoms:
+            if structure_problem(s, limits, elements):
                 continue
             return Candidate(structure=s, source=self.name, round=round,
                              meta={"spacegroup": sg, "formula_units": z})
@@ -93,11 +102,13 @@ class RandomSymmetric:
 
     def propose(self, n: int, ctx: RoundContext) -> list[Candidate]:
         out = []
+        limits = ValidityLimits(max_atoms=min(self.max_atoms, ctx.max_atoms))
+        groups: dict = {}
         for _ in range(n * 3):
             if len(out) >= n:
                 break
             self.attempts += 1
-            c = self._one(ctx.rng, ctx.round)
+            c = self._one(ctx.rng, ctx.round, limits, tuple(ctx.elements), groups)
             if c is None:
                 self.failures += 1
             else:
@@ -107,21 +118,28 @@ class RandomSymmetric:
     # -- learning --------------------------------------------------------------------------
     def update(self, results: Sequence[tuple[Candidate, Measurement]]) -> dict[str, float]:
         for cand, m in results:
+            if cand.source != self.name:
+                continue
             r = reward_from(m)
             f = cand.structure.composition.reduced_formula
             if f in self.comp_reward:
                 self.comp_reward[f] += r
             sg = cand.meta.get("spacegroup")
-            if cand.source == self.name and sg:
+            if sg:
                 self.sg_reward[int(sg) - 1] += r
         p = self.composition_probs()
+        q = self.spacegroup_probs()
         top = int(np.argmax(p))
-        return {
+        metrics = {
             "n_compositions": float(len(self.compositions)),
             "top_composition_p": float(p[top]),
             "composition_entropy": float(-(p * np.log(p)).sum()),
-            "spacegroup_entropy": float(-(self.spacegroup_probs() * np.log(self.spacegroup_probs())).sum()),
+            "spacegroup_entropy": float(-(q * np.log(q)).sum()),
+            "top_spacegroup": float(np.argmax(q) + 1),
+            "top_spacegroup_p": float(q.max()),
         }
+        metrics.update({f"p_{f}": float(v) for f, v in zip(self.compositions, p)})
+        return metrics
 
     def state_dict(self) -> dict:
         return {"comp_reward": self.comp_reward, "sg_reward": self.sg_reward.tolist()}

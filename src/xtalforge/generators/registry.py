@@ -13,8 +13,30 @@ def _random_symmetric(elements, max_atoms, options) -> Generator:
     return RandomSymmetric(elements, max_atoms, **options)
 
 
+def _substitution(elements, max_atoms, options) -> Generator:
+    from xtalforge.generators.substitution import Substitution
+
+    return Substitution(elements, max_atoms, **options)
+
+
+def _evolutionary(elements, max_atoms, options) -> Generator:
+    from xtalforge.generators.evolutionary import Evolutionary
+
+    return Evolutionary(elements, max_atoms, **options)
+
+
+def _wyckoff(elements, max_atoms, options) -> Generator:
+    from xtalforge.generators.wyckoff import WyckoffGenerator
+
+    return WyckoffGenerator(elements, max_atoms, **options)
+
+
 REGISTRY: dict[str, Callable[..., Generator]] = {
     "random_symmetric": _random_symmetric,
+    "substitution": _substitution,
+    "evolutionary": _evolutionary,
+    "wyckoff": _wyckoff,
+    "pool": lambda el, n, opt: __import__("xtalforge.generators.pool", fromlist=["_"]).PoolGenerator(el, n, **opt),
 }
 
 

@@ -18,8 +18,9 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from pymatgen.core import Element, Species, Structure
@@ -106,6 +107,18 @@ def enumerate_maps(cell: Cell, ions: Sequence[Species], table: SubstitutionTable
     return keep
 
 
+def _groups(species: Sequence[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, sp in enumerate(species):
+        out.setdefault(sp, []).append(i)
+    return out
+
+
+@lru_cache(maxsize=512)
+def _oxi(ion: str) -> float:
+    return float(Species.from_str(ion).oxi_state)
+
+
 def _formula(amounts: dict[str, float]) -> str:
     from pymatgen.core import Composition
 
@@ -127,9 +140,11 @@ class Substitution:
 
     def __init__(self, elements: Sequence[str], max_atoms: int, prototypes: Sequence[str] = (),
                  builtin: bool = True, history_top_k: int = 8, partial_probability: float = 0.5,
-                 max_maps: int = 48, temperature: float = 0.5, oxidation_commonality: str | float = "medium"):
+                 max_maps: int = 48, temperature: float = 0.5, oxidation_commonality: str | float = "medium",
+                 include_elements: bool = False):
         """`prototypes`: extra structure files (CIF, POSCAR, pymatgen JSON); `temperature` flattens
-        the substitution probabilities (score**temperature) so rare but allowed ions still appear."""
+        the substitution probabilities (score**temperature) so rare but allowed ions still appear;
+        `include_elements`: also propose pure elements (their references are on every hull)."""
         require_compositions(tuple(elements), max_atoms, oxidation_commonality)
         self.elements = tuple(elements)
         self.max_atoms = max_atoms
@@ -138,6 +153,7 @@ class Substitution:
         self.max_maps = max_maps
         self.temperature = temperature
         self.commonality = oxidation_commonality
+        self.include_elements = include_elements
         self.ions = system_ions(self.elements)
         self.table = SubstitutionTable()
         self.prototypes = load_prototypes(list(prototypes), builtin, max_atoms)
@@ -175,18 +191,24 @@ class Substitution:
         w = np.array([self.prototype_weight(p) for p in usable])
         limits = ValidityLimits(max_atoms=ctx.max_atoms)
         out: list[Candidate] = []
-        seen: set[str] = set()
+        tried: set[tuple] = set()  # decorations already built: the same one gives the same crystal
+        failed, last_error = 0, None
         for _ in range(6 * n):
             if len(out) >= n:
                 break
             p = usable[int(ctx.rng.choice(len(usable), p=w / w.sum()))]
-            c = self._one(p, ctx, limits)
-            if c is not None and c.id not in seen:
-                seen.add(c.id)
+            try:
+                c = self._one(p, ctx, limits, tried)
+            except Exception as err:  # one odd prototype costs an attempt, not the round
+                failed, last_error = failed + 1, err
+                continue
+            if c is not None:  # `tried` already ruled out repeats of the same decoration
                 out.append(c)
+        if failed:
+            log.warning("substitution: %d attempts raised (last: %r)", failed, last_error)
         return out
 
-    def _one(self, p: Prototype, ctx: RoundContext, limits: ValidityLimits) -> Candidate | None:
+    def _one(self, p: Prototype, ctx: RoundContext, limits: ValidityLimits, tried: set[tuple]) -> Candidate | None:
         rng = ctx.rng
         maps = self.maps_for(p)
         mw = np.array([m.score**self.temperature * math.prod(self.pair_weight(f"{a}>{b}") for a, b in m.pairs)
@@ -197,57 +219,39 @@ class Substitution:
         # substitution the identity map would only propose them again
         partial = m.identity or rng.random() < (0.8 if from_history else self.partial_probability)
         cell = p.primitive
-        if partial and p.conventional is not None and rng.random() < 0.5:
-            cell = p.conventional
+        if partial and p.larger is not None and rng.random() < 0.5:
+            cell = p.larger
         mapping = dict(m.pairs)
         species = [mapping[str(sp)] for sp in cell.structure.species]
         pairs = [f"{a}>{b}" for a, b in m.pairs if a != b]
         if partial:
-            res = self._partial(species, cell, rng)
+            res = partial_substitution(species, cell.orbits, self.ions, self._weight, rng)
             if res is None and m.identity:
                 return None
+            partial = res is not None
             if res is not None:
-                species, pair = res
-                pairs.append(pair)
-        s = Structure(cell.structure.lattice, [Species.from_str(x) for x in species], cell.structure.frac_coords)
-        plain = s.composition.element_composition
-        if not is_charge_balanced(plain, self.commonality) or len(s) > ctx.max_atoms:
+                species, extra = res
+                pairs += extra
+        sig = (p.key, cell is p.primitive, tuple(species))
+        if sig in tried:
+            return None
+        tried.add(sig)
+        s = Structure(cell.structure.lattice, [Species.from_str(x).symbol for x in species], cell.structure.frac_coords)
+        if len(s.composition.elements) < 2 and not self.include_elements:
+            return None
+        if not is_charge_balanced(s.composition, self.commonality) or len(s) > ctx.max_atoms:
             return None
         s = rescale_volume(s)
-        s.remove_oxidation_states()
         if structure_problem(s, limits, tuple(ctx.elements)):
             return None
         parents = [p.key.split(":", 1)[1]] if from_history else []
         return Candidate(structure=s, source=self.name, round=ctx.round, parents=parents,
                          meta={"prototype": p.key, "pairs": pairs, "partial": bool(partial)})
 
-    def _partial(self, species: list[str], cell: Cell, rng: np.random.Generator) -> tuple[list[str], str] | None:
-        """Replace some sites of one ion (whole orbits when it spans several) by another ion."""
-        groups: dict[str, list[int]] = {}
-        for i, sp in enumerate(species):
-            groups.setdefault(sp, []).append(i)
-        multi = sorted(g for g, ix in groups.items() if len(ix) >= 2)
-        if not multi:
-            return None
-        g = multi[int(rng.integers(len(multi)))]
-        orbs = [o for o in cell.orbits if species[o[0]] == g]
-        if len(orbs) >= 2:
-            k = int(rng.integers(1, len(orbs)))
-            chosen = [orbs[i] for i in rng.choice(len(orbs), size=k, replace=False)]
-            sites = [i for o in chosen for i in o]
-        else:
-            ix = groups[g]
-            sites = list(rng.choice(ix, size=int(rng.integers(1, len(ix))), replace=False))
-        el = Species.from_str(g).symbol
-        opts = [str(t) for t in self.ions if t.symbol != el]
-        w = np.array([self.table.p(t, g) ** self.temperature * self.pair_weight(f"{g}>{t}") for t in opts])
-        if not opts or w.sum() <= 0:
-            return None
-        t = opts[int(rng.choice(len(opts), p=w / w.sum()))]
-        new = list(species)
-        for i in sites:
-            new[int(i)] = t
-        return new, f"{g}>{t}"
+    def _weight(self, a: str, b: str) -> float:
+        """Unnormalized odds of ion `a` -> ion `b`: tempered data-mined probability times what
+        this campaign learned about the pair."""
+        return self.table.p(b, a) ** self.temperature * self.pair_weight(f"{a}>{b}")
 
     # -- learning --------------------------------------------------------------------------
     def update(self, results: Sequence[tuple[Candidate, Measurement]]) -> dict[str, float]:
@@ -282,6 +286,76 @@ class Substitution:
     def load_state_dict(self, state: dict) -> None:
         self.proto_stats = {k: [float(v[0]), int(v[1])] for k, v in state.get("proto_stats", {}).items()}
         self.pair_stats = {k: [float(v[0]), int(v[1])] for k, v in state.get("pair_stats", {}).items()}
+
+
+WeightFn = Callable[[str, str], float]  # (from ion, to ion) -> unnormalized odds
+
+
+def partial_substitution(species: list[str], orbits: Sequence[Sequence[int]], ions: Sequence[Species],
+                         weight: WeightFn, rng: np.random.Generator) -> tuple[list[str], list[str]] | None:
+    """Replace some sites of one ion (whole orbits when it spans several) by an ion of another
+    element; when that changes the charge, compensate by replacing sites of a second ion
+    (co-substitution). Returns the new ion per site and the "from>to" pairs used, or None."""
+    groups = _groups(species)
+    multi = sorted(g for g, ix in groups.items() if len(ix) >= 2)
+    if not multi:
+        return None
+    g = multi[int(rng.integers(len(multi)))]
+    orbs = [list(o) for o in orbits if species[o[0]] == g]
+    if len(orbs) >= 2:
+        k = int(rng.integers(1, len(orbs)))
+        sites = [i for j in rng.choice(len(orbs), size=k, replace=False) for i in orbs[int(j)]]
+    else:
+        ix = groups[g]
+        sites = [int(i) for i in rng.choice(ix, size=int(rng.integers(1, len(ix))), replace=False)]
+    el = Species.from_str(g).symbol
+    opts = [str(t) for t in ions if t.symbol != el]
+    t = _draw(opts, [weight(g, o) for o in opts], rng)
+    if t is None:
+        return None
+    new = list(species)
+    for i in sites:
+        new[i] = t
+    pairs = [f"{g}>{t}"]
+    dq = len(sites) * (_oxi(t) - _oxi(g))
+    if abs(dq) > 1e-6:
+        comp = _compensate(new, dq, set(sites), ions, weight, rng)
+        if comp is None:
+            return None
+        new, pair = comp
+        pairs.append(pair)
+    return new, pairs
+
+
+def _compensate(species: list[str], dq: float, frozen: set[int], ions: Sequence[Species], weight: WeightFn,
+                rng: np.random.Generator) -> tuple[list[str], str] | None:
+    """Replace m sites of some ion h by ion u with m * (q_u - q_h) = -dq, if any such exists."""
+    groups = {h: [i for i in ix if i not in frozen] for h, ix in _groups(species).items()}
+    opts, w = [], []
+    for h, ix in groups.items():
+        for u in map(str, ions):
+            delta = _oxi(u) - _oxi(h)
+            if not ix or Species.from_str(u).symbol == Species.from_str(h).symbol or abs(delta) < 1e-6:
+                continue
+            m = -dq / delta
+            if abs(m - round(m)) < 1e-6 and 1 <= round(m) <= len(ix):
+                opts.append((h, u, int(round(m))))
+                w.append(weight(h, u))
+    pick = _draw(opts, w, rng)
+    if pick is None:
+        return None
+    h, u, m = pick
+    new = list(species)
+    for i in rng.choice(groups[h], size=m, replace=False):
+        new[int(i)] = u
+    return new, f"{h}>{u}"
+
+
+def _draw(options: Sequence, weights: Sequence[float], rng: np.random.Generator):
+    w = np.asarray(weights, dtype=float)
+    if not len(options) or not np.isfinite(w).all() or w.sum() <= 0:
+        return None
+    return options[int(rng.choice(len(options), p=w / w.sum()))]
 
 
 def rescale_volume(s: Structure) -> Structure:

@@ -20,13 +20,12 @@ from xtalforge.config import CampaignConfig, load_config
 from xtalforge.generators.base import Generator
 from xtalforge.generators.registry import build_generator
 from xtalforge.loop import report
-from xtalforge.loop.acquisition import acquire, farthest_point, pool_matrix
+from xtalforge.loop.acquisition import Picks, farthest_point, pool_matrix
 from xtalforge.loop.dedup import Deduplicator
 from xtalforge.loop.lock import RunLock
 from xtalforge.loop.store import CampaignStore
 from xtalforge.loop.tracking import Tracker, git_commit, resolve_uri
-from xtalforge.oracles.features import composition_features
-from xtalforge.oracles.hull import Hull, load_reference_entries, mp2020_entry
+from xtalforge.oracles.hull import Hull, gather_references, mp2020_entry
 from xtalforge.synthesis.validity import ValidityLimits, filter_valid
 from xtalforge.types import Candidate, Measurement, RoundContext, Status
 
@@ -74,6 +73,13 @@ class Campaign:
         run_dir.mkdir(parents=True, exist_ok=False)
         cfg = config.model_copy(deep=True)
         cfg.tracking.uri = resolve_uri(cfg.tracking.uri)
+        # a resumed campaign may start from another folder: files the config names are absolute
+        cfg.hull.references = [str(Path(p).resolve()) for p in cfg.hull.references]
+        cfg.reference_structures = [str(Path(p).resolve()) for p in cfg.reference_structures]
+        for attr in ("model", "precursors"):
+            v = getattr(cfg.synthesis, attr)
+            if v:
+                setattr(cfg.synthesis, attr, str(Path(v).resolve()))
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         return cls(cfg, run_dir, **kw)
 
@@ -95,16 +101,26 @@ class Campaign:
             if state:
                 gen.load_state_dict(state)
             self.generators.append(gen)
-        refs = []
-        for path in cfg.hull.references:
-            refs.extend(load_reference_entries(path))
+        # user files + (only with MP_API_KEY set, or a cache from an earlier fetch) the system's
+        # Materials Project entries, fetched once and cached beside the run folders
+        refs = gather_references(cfg.elements, cfg.hull.references, mp_api=None,
+                                 cache_dir=self.run_dir.parent / "mp_cache")
+        if not cfg.mlip.model.startswith("chgnet") and not refs:
+            log.warning("mlip.model %s is not on the Materials Project energy scale, but the hull only has MP "
+                        "elemental references: name references on the model's scale in hull.references",
+                        cfg.mlip.model)
         self.hull = Hull(cfg.elements, refs)
+        self.synth = None
+        if cfg.synthesis.model and cfg.synthesis.use != "off":
+            from xtalforge.synthesis.registry import load_model
+
+            self.synth = load_model(cfg.synthesis.model)
         self.measured: dict[str, Measurement] = {}
         for m in self.store.measurements(oracle=ORACLE):
             self.measured[m.candidate_id] = m
             if m.status == Status.ok and m.relaxed is not None:
                 e = m.values["energy_per_atom"] * len(m.relaxed)
-                self.hull.add(m.candidate_id, mp2020_entry(m.relaxed, e, m.candidate_id, cfg.hull.apply_mp2020))
+                self.hull.add(m.candidate_id, mp2020_entry(m.relaxed, e, m.candidate_id, cfg.hull.mp2020_for(cfg.mlip.model)))
         self.dedup = Deduplicator(self.store.candidates())
 
     def _start_services(self) -> None:
@@ -116,7 +132,9 @@ class Campaign:
         m = cfg.mlip
         self.oracle = MLIPOracle(self.hull, workers=m.workers, fmax=m.fmax, max_steps=m.max_steps,
                                  relax_cell=m.relax_cell, timeout_s=m.timeout_s,
-                                 apply_mp2020=cfg.hull.apply_mp2020)
+                                 apply_mp2020=cfg.hull.mp2020_for(m.model), model=m.model,
+                                 model_options=m.model_options, batched=m.batched, max_batch=m.max_batch,
+                                 device=m.device, properties=m.properties)
         self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment,
                                artifact_root=self.run_dir.parent / "mlartifacts")
         run_id = self.store.get("mlflow_run_id")
@@ -194,20 +212,23 @@ class Campaign:
         self._load_predictions()
         self.echo(f"── round {r + 1}/{cfg.rounds} ──")
         ctx = self._ctx(r)
-        metrics.update(self._lab_collect())  # lab: results that came in, before the surrogate fit
+        metrics.update(self._lab_collect(r))  # lab: results that came in, before the surrogate fit
         if stage is None:
             t = time.perf_counter()
-            metrics.update(self._generate(r, ctx))
+            with report.stage(f"generating {cfg.proposals_per_round} structures", self.progress):
+                metrics.update(self._generate(r, ctx))
             timings["generate"] = time.perf_counter() - t
             t = time.perf_counter()
-            self._featurize()
+            with report.stage("featurizing new candidates", self.progress):
+                self._featurize()
             timings["featurize"] = time.perf_counter() - t
             self.store.set_stage(r, "generated", {**metrics, **_timed(timings)})
             stage = "generated"
         if stage == "generated":
             metrics.update(self.store.round_metrics().get(r, {}))
             t = time.perf_counter()
-            metrics.update(self._select(r))
+            with report.stage("fitting the surrogate and picking", self.progress):
+                metrics.update(self._select(r))
             timings["acquire"] = time.perf_counter() - t
             self._save_predictions(r)  # before the stage mark: parity plots survive a resume
             self.store.set_stage(r, "selected", {**metrics, **_timed(timings)})
@@ -237,7 +258,8 @@ class Campaign:
         metrics.update(self._round_metrics(r, results))
         metrics.update(_timed(timings))
         t = time.perf_counter()
-        report.write_round(self, r, metrics)
+        with report.stage("writing tables, CIFs and plots", self.progress):
+            report.write_round(self, r, metrics)
         metrics["time_record_s"] = time.perf_counter() - t
         metrics["time_round_s"] = time.perf_counter() - t_round
         # MLflow before the 'done' mark, skipping a step it already holds: a kill between the
@@ -250,14 +272,23 @@ class Campaign:
 
     # -- stages ----------------------------------------------------------------------------
     def _generate(self, r: int, ctx: RoundContext) -> dict[str, float]:
+        from xtalforge.loop.budget import load_bandit
         from xtalforge.loop.executor import propose_parallel
 
-        total_w = sum(g.weight for g in self.cfg.generators)
-        metrics: dict[str, float] = {}
+        # the split follows each generator's recent yield (Thompson sampling, floored shares);
+        # its own random stream keeps the proposals' streams what they were without it
+        bandit = load_bandit(self.store, [g.name for g in self.generators],
+                             {g.name: g.weight for g in self.cfg.generators}, self.cfg.hull.stable_threshold)
+        shares = bandit.shares(np.random.default_rng([self.cfg.seed, r, 2]))
+        counts = bandit.split(self.cfg.proposals_per_round, shares)
+        metrics: dict[str, float] = bandit.share_metrics(shares)
         fresh: list[Candidate] = []
-        for gcfg, gen in zip(self.cfg.generators, self.generators):
-            n = max(1, round(self.cfg.proposals_per_round * gcfg.weight / total_w))
+        for gen in self.generators:
+            n = counts[gen.name]
             t = time.perf_counter()
+            prepare = getattr(gen, "prepare", None)
+            if prepare is not None:  # driver-side work (pre-training) before Ray tasks copy it
+                metrics.update({f"gen_{gen.name}_{k}": v for k, v in prepare(ctx).items()})
             props = propose_parallel(gen, n, ctx, chunks=max(2, self.cfg.mlip.workers))
             for c in props:
                 c.round = r
@@ -269,6 +300,15 @@ class Campaign:
             metrics[f"unique_{gen.name}"] = len(unique)
             metrics[f"time_generate_{gen.name}_s"] = time.perf_counter() - t
             self.echo(f"  {gen.name}: {len(props)} proposed, {len(valid)} valid, {len(unique)} new")
+        if self.synth is not None and fresh:
+            from xtalforge.synthesis.metrics import synth_metrics
+
+            # scored once, before they are stored: the score rides in meta into the store, the
+            # acquisition's constraint and the generators' rewards
+            p = np.asarray(self.synth.score(fresh), dtype=float)
+            for c, v in zip(fresh, p):
+                c.meta["p_synth"] = float(v)
+            metrics.update(synth_metrics(p, self.cfg.synthesis.min_p_synth))
         self.store.add_candidates(fresh)
         metrics["proposals"] = sum(metrics[f"proposals_{g.name}"] for g in self.generators)
         metrics["valid"] = sum(metrics[f"valid_{g.name}"] for g in self.generators)
@@ -279,58 +319,131 @@ class Campaign:
         todo = [c for c in self.store.candidates() if c.id not in self.store.features([c.id])]
         if not todo:
             return
-        emb = self.oracle.embed([c.structure for c in todo])
-        feats = {
-            c.id: np.concatenate([emb[i], composition_features(c.structure.composition, self.cfg.elements)])
-            for i, c in enumerate(todo)
-        }
-        self.store.set_features(feats)
+        from xtalforge.oracles.descriptors import featurize
 
-    def _training_data(self, feats: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray, np.ndarray]:
-        e_hull = self._lab_targets(self.hull.all_e_above_hull())  # lab: fidelity-2 values win
-        ids = [cid for cid, m in self.measured.items() if m.status == Status.ok and cid in feats and cid in e_hull]
-        if not ids:
-            return [], np.zeros((0, 0)), np.zeros(0)
-        X = np.stack([feats[i] for i in ids])
-        y = -np.array([e_hull[i] for i in ids])  # BoTorch maximizes; we minimize e_above_hull
-        return ids, X, y
+        # the default "chgnet+composition" embeds on the MLIP actors (one model load each)
+        X = featurize(self.cfg.acquisition.featurizer, [c.structure for c in todo], self.cfg.elements,
+                      embed=self.oracle.embed)
+        self.store.set_features({c.id: X[i] for i, c in enumerate(todo)})
+
+    def _training_data(self, feats: dict[str, np.ndarray]) -> dict:
+        """{quantity: OutcomeData} for every objective and constraint an oracle has measured:
+        MLIP values at fidelity 1 (e_above_hull from the current hull), lab values at fidelity 2
+        (a lab quantity that `trains` e_above_hull counts as e_above_hull). Where one quantity
+        has both, the surrogate models them jointly (multi-fidelity)."""
+        from xtalforge.oracles.surrogate import OutcomeData
+
+        acfg = self.cfg.acquisition
+        names = list(dict.fromkeys([o.name for o in acfg.objectives] + [c.name for c in acfg.constraints]))
+        e_hull = self.hull.all_e_above_hull()
+        lab = self._lab()
+        data = {}
+        for name in names:
+            rows: list[tuple[str, float, int]] = []
+            for cid, m in self.measured.items():
+                if m.status != Status.ok or cid not in feats:
+                    continue
+                v = e_hull.get(cid) if name == "e_above_hull" else m.values.get(name)
+                if v is not None:
+                    rows.append((cid, float(v), int(m.fidelity)))
+            if lab is not None:
+                src = self.cfg.lab.trains if name == "e_above_hull" and self.cfg.lab.trains else name
+                if src in {qq.name for qq in self.cfg.lab.quantities}:
+                    rows += [(cid, float(v), int(lab.fidelity)) for cid, v in lab.values(src).items() if cid in feats]
+            if rows:
+                fid = np.array([f for _, _, f in rows])
+                data[name] = OutcomeData(X=np.stack([feats[c] for c, _, _ in rows]), y=np.array([v for _, v, _ in rows]),
+                                         fidelity=fid if len(set(fid.tolist())) > 1 else None,
+                                         ids=[c for c, _, _ in rows])
+        return data
 
     def _select(self, r: int) -> dict[str, float]:
-        from xtalforge.oracles.surrogate import fit_gp, gp_state, gp_state_from_json, predict
+        from xtalforge.loop.acquisition import Acquirer, AcquisitionError, Constraint, Target
+        from xtalforge.oracles.surrogate import Surrogate
 
-        cfg = self.cfg
+        cfg, acfg = self.cfg, self.cfg.acquisition
         all_ids = [c.id for c in self.store.candidates()]
         feats = self.store.features(all_ids)
         chosen = set(self.store.selected(ORACLE))
         pool_ids, X_pool = pool_matrix([i for i in all_ids if i not in chosen and i not in self.measured], feats)
         metrics: dict[str, float] = {"pool_size": float(len(pool_ids))}
+        if self.synth is not None and pool_ids:
+            pool_ids, X_pool = self._synth_filter(pool_ids, X_pool, metrics)
         if not pool_ids:
             self.echo("  pool is empty: every candidate is evaluated; nothing to pick this round")
             return metrics
         rng = np.random.default_rng([cfg.seed, r, 1])
-        train_ids, X_train, y = self._training_data(feats)
+        data = self._training_data(feats)
         pending_ids = [i for i in chosen if i not in self.measured and i in feats]
         pending_ids += self._lab_pending(feats, pending_ids)  # lab: requests out at the lab are pending too
         X_pending = np.stack([feats[i] for i in pending_ids]) if pending_ids else None
-        q = cfg.acquisition.batch_size
-        if cfg.acquisition.kind == "random":
-            picks = acquire("random", None, X_pool, X_train, q, rng)
-        elif len(train_ids) < 2:
-            picks = farthest_point(X_pool, q, rng, exclude=X_train if len(train_ids) else None)
+        q = acfg.batch_size
+        kinds = list(acfg.portfolio or [acfg.kind])
+        objectives = [Target(o.name, o.minimize) for o in acfg.objectives]
+        unmeasured = [t.name for t in objectives if t.name not in data]
+        if unmeasured and self.measured:
+            have = sorted({k for m in self.measured.values() for k in m.values} | {"e_above_hull"})
+            raise AcquisitionError(f"objective(s) {', '.join(unmeasured)}: no oracle measures them "
+                                   f"(measured quantities: {', '.join(have)})")
+        n_primary = len(data[objectives[0].name].y) if objectives[0].name in data else 0
+        if kinds == ["random"]:
+            idx = rng.choice(len(pool_ids), size=min(q, len(pool_ids)), replace=False).tolist()
+            picks = Picks(idx, [0.0] * len(idx), "random")
+        elif n_primary < 2 or unmeasured:
+            X_seen = data[objectives[0].name].X if n_primary else None
+            picks = farthest_point(X_pool, q, rng, exclude=X_seen)
         else:
-            state = self.store.load_state("surrogate")
-            model, fit = fit_gp(X_train, y, gp_state_from_json(state) if state else None)
-            self.store.save_state("surrogate", r, gp_state(model))
-            metrics.update({"surrogate_nll": fit.nll, "surrogate_n_train": fit.n_train,
-                            "time_surrogate_fit_s": fit.seconds})
-            picks = acquire(cfg.acquisition.kind, model, X_pool, X_train, q, rng, X_pending=X_pending)
-            mean, std = predict(model, X_pool[picks.indices])
-            for k, i in enumerate(picks.indices):
-                self._predicted[pool_ids[i]] = (-float(mean[k]), float(std[k]))
+            sur = Surrogate(max_exact=acfg.max_exact_gp, hyper_subset=acfg.hyper_subset, seed=cfg.seed)
+            sur.load_state_dict(self.store.load_state("surrogate"))
+            reports = sur.fit(data)
+            self.store.save_state("surrogate", r, sur.state_dict())
+            first = reports[objectives[0].name]
+            metrics.update({"surrogate_nll": first.nll, "surrogate_n_train": float(first.n_train),
+                            "time_surrogate_fit_s": float(sum(rep.seconds for rep in reports.values())),
+                            "surrogate_exact": float(first.kind in ("exact", "multi_fidelity")),
+                            "surrogate_multi_fidelity": float(first.kind.startswith("multi_fidelity"))})
+            for name, rep in reports.items():
+                metrics[f"surrogate_nll_{name}"] = rep.nll
+            known = self._known_values(pool_ids, [c.name for c in acfg.constraints if c.name not in data])
+            # a constraint nothing has measured yet (a lab quantity, say) waits for its first value
+            active = [Constraint(c.name, c.op, c.threshold) for c in acfg.constraints
+                      if c.name in data or (known and c.name in known)]
+            for c in acfg.constraints:
+                if c.name not in data and not (known and c.name in known):
+                    self.echo(f"  constraint {c.name} {c.op} {c.threshold:g}: no value measured or known yet; not applied")
+            acq = Acquirer(objectives, active,
+                           kinds=kinds, shortlist=acfg.shortlist, mc_samples=acfg.mc_samples,
+                           ucb_beta=acfg.ucb_beta, hedge_eta=acfg.hedge_eta, seed=cfg.seed)
+            acq.load_state_dict(self.store.load_state("acquisition"))
+            observed = {}
+            for name, d in data.items():
+                for cid, v in zip(d.ids, d.y):
+                    observed.setdefault(cid, {})[name] = float(v)
+            metrics.update(acq.update(sur, feats, observed))  # GP-Hedge: reward last round's arms
+            picks = acq.select(sur, X_pool, q, rng, X_pending=X_pending, known=known, ids=pool_ids)
+            self.store.save_state("acquisition", r, acq.state_dict())
+            metrics.update({f"acq_screen_{k}": v for k, v in acq.last_screen.items()})
+            for arm in acq.kinds:
+                metrics[f"acq_picks_{arm}"] = float(sum(a == arm for a in picks.arms))
+            if "e_above_hull" in sur.outcomes and picks.indices:
+                j = sur.index("e_above_hull")
+                # with the fitted noise: the spread a fresh measurement shows, for calibration
+                mean, std = sur.predict(X_pool[picks.indices], observation_noise=True)
+                for k, i in enumerate(picks.indices):
+                    self._predicted[pool_ids[i]] = (float(mean[k, j]), float(std[k, j]))
         self.store.add_selection(r, ORACLE, [(pool_ids[i], v) for i, v in zip(picks.indices, picks.values)])
         metrics["acquisition_method_is_model"] = float(picks.method not in ("farthest_point", "random"))
         self.echo(f"  picked {len(picks.indices)} of {len(pool_ids)} by {picks.method}")
         return metrics
+
+    def _known_values(self, ids: list[str], names: list[str]) -> dict[str, np.ndarray] | None:
+        """Per-candidate values (candidate.meta) of constrained quantities no oracle measures,
+        e.g. a synthesizability score; NaN where a candidate lacks one (it is then filtered)."""
+        if not names:
+            return None
+        meta = {c.id: c.meta or {} for c in self.store.candidates(ids=ids)}
+        out = {n: np.array([float(meta.get(i, {}).get(n, np.nan)) for i in ids]) for n in names}
+        return {n: v for n, v in out.items() if np.isfinite(v).any()} or None
 
     def _evaluate(self, r: int) -> list[tuple[Candidate, Measurement]]:
         todo_ids = [i for i in self.store.selected(ORACLE, round=r) if i not in self.measured]
@@ -368,6 +481,8 @@ class Campaign:
         return out
 
     def _update(self, r: int, results: list[tuple[Candidate, Measurement]]) -> dict[str, float]:
+        from xtalforge.loop.budget import STATE_KEY, load_bandit
+
         if not self.cfg.update_generators:
             return {}
         e_hull = self.hull.all_e_above_hull()
@@ -382,12 +497,20 @@ class Campaign:
             for k, v in gen.update(own).items():
                 metrics[f"gen_{gen.name}_{k}"] = v
             self._pending_states[f"generator:{gen.name}"] = gen.state_dict()
+        # the bandit's state moves with the generators' and the stage mark (one transaction)
+        bandit = load_bandit(self.store, [g.name for g in self.generators],
+                             {g.name: g.weight for g in self.cfg.generators}, self.cfg.hull.stable_threshold)
+        gen_counts = self.store.round_metrics().get(r, {})  # saved when the round was generated
+        bandit.update(r, ok, {g.name: (int(gen_counts.get(f"proposals_{g.name}", 0)),
+                                       int(gen_counts.get(f"unique_{g.name}", 0))) for g in self.generators})
+        self._pending_states[STATE_KEY] = bandit.state_dict()
+        metrics.update(bandit.posterior_metrics())
         return metrics
 
     def _round_metrics(self, r: int, results: list[tuple[Candidate, Measurement]]) -> dict[str, float]:
         """Hits, evaluations per oracle, novelty per generator, surrogate calibration and the
         hypervolume; names, units and meanings are in tracking.ROUND_METRICS."""
-        from xtalforge.loop.metrics import e_hull_p_synth_hypervolume
+        from xtalforge.loop.metrics import hypervolume, reference_point
 
         e_hull = self.hull.all_e_above_hull()
         ok = [m for m in self.measured.values() if m.status == Status.ok]
@@ -420,9 +543,11 @@ class Campaign:
                  for c, m in results if c.id in self._predicted and c.id in e_hull]
             out["surrogate_within_1sigma"] = float(np.mean([v <= 1 for v in z]))
             out["surrogate_within_2sigma"] = float(np.mean([v <= 2 for v in z]))
-        pairs = self._p_synth(e_hull)
-        if pairs:
-            out["hypervolume"] = e_hull_p_synth_hypervolume(*zip(*pairs))
+        names, minimize = self._objectives()
+        table = self._objective_values(names, e_hull)
+        if table:
+            Y = np.array(list(table.values()))
+            out["hypervolume"] = hypervolume(np.where(minimize, Y, -Y), reference_point(names, minimize, Y))
         return out
 
     # -- monitoring helpers (tracking, plots, report) ---------------------------------------
@@ -460,15 +585,27 @@ class Campaign:
         novel = self._novel(self.store.candidates(ids=stable)) if stable else set()
         return set(hit_ids(e_hull, novel, thr))
 
-    def _p_synth(self, e_hull: dict[str, float]) -> list[tuple[float, float]]:
-        """(e_above_hull, p_synth) of evaluated candidates that carry a synthesizability score,
-        in a measurement's values or the candidate's meta; empty when none does."""
-        ids = [k for k in e_hull if k in self.measured]
-        out = []
+    def _objectives(self) -> tuple[list[str], list[bool]]:
+        """(names, minimize flags) of the objectives behind the hypervolume and the Pareto
+        plot: the configured acquisition objectives when there are several, else e_above_hull
+        against p_synth (used only where candidates carry a synthesizability score)."""
+        objs = getattr(self.cfg.acquisition, "objectives", None) or []
+        if len(objs) >= 2:
+            return [o.name for o in objs], [bool(o.minimize) for o in objs]
+        return ["e_above_hull", "p_synth"], [True, False]
+
+    def _objective_values(self, names: list[str], e_hull: dict[str, float]) -> dict[str, list[float]]:
+        """candidate id -> its values of `names` (e_above_hull from the current hull, others from
+        the MLIP measurement or candidate.meta), for evaluated candidates that have them all."""
+        ids = [k for k, m in self.measured.items() if m.status == Status.ok]
+        out = {}
         for c in self.store.candidates(ids=ids):
-            v = self.measured[c.id].values.get("p_synth", (c.meta or {}).get("p_synth"))
-            if isinstance(v, (int, float)) and np.isfinite(v):
-                out.append((e_hull[c.id], float(v)))
+            m, row = self.measured[c.id], []
+            for n in names:
+                v = e_hull.get(c.id) if n == "e_above_hull" else m.values.get(n, (c.meta or {}).get(n))
+                row.append(float(v) if isinstance(v, (int, float)) else float("nan"))
+            if np.all(np.isfinite(row)):
+                out[c.id] = row
         return out
 
     def _other_oracle_counts(self, r: int) -> dict[str, float]:
@@ -509,10 +646,54 @@ class Campaign:
         rounds = self._prediction_rounds()
         return {cid: (m, s, rounds.get(cid, -1)) for cid, (m, s) in self._predicted.items()}
 
+    def _synth_filter(self, pool_ids: list[str], X_pool: np.ndarray,
+                      metrics: dict[str, float]) -> tuple[list[str], np.ndarray]:
+        """Keep the pool candidates whose P(synthesizable) reaches the configured minimum
+        (the whole pool, with a message, when none does)."""
+        from xtalforge.synthesis.metrics import feasible_mask, synth_metrics
+
+        thr = self.cfg.synthesis.min_p_synth
+        meta = {c.id: c.meta for c in self.store.candidates(ids=pool_ids)}
+        p = np.array([float(meta.get(i, {}).get("p_synth", np.nan)) for i in pool_ids])
+        missing = ~np.isfinite(p)
+        if missing.any():  # candidates stored before a model was configured
+            cands = {c.id: c for c in self.store.candidates(ids=[i for i, m in zip(pool_ids, missing) if m])}
+            p[missing] = np.asarray(self.synth.score([cands[i] for i, m in zip(pool_ids, missing) if m]))
+        metrics.update(synth_metrics(p, thr, prefix="p_synth_pool"))
+        if self.cfg.synthesis.use != "constraint":
+            return pool_ids, X_pool
+        keep = feasible_mask(p, thr)
+        if not keep.any():
+            self.echo(f"  no pool candidate reaches p_synth >= {thr:g}; picking from the whole pool")
+            return pool_ids, X_pool
+        metrics["pool_size_synthesizable"] = float(keep.sum())
+        return [i for i, k in zip(pool_ids, keep) if k], X_pool[keep]
+
     def _synthesis_routes(self) -> dict[str, list[dict]] | None:
-        """Hook for the synthesis planner: candidate id -> suggested routes (dicts such as
-        precursors, temperature_C, score), best first. None: no planner ran."""
-        return None
+        """Solid-state routes for the best candidates: candidate id -> rows (reaction,
+        precursors, by-products, reaction energy per atom), best first. Also written to
+        synthesis_routes.csv/.md in the run folder and to MLflow."""
+        scfg = self.cfg.synthesis
+        if scfg.routes_per_target == 0 or getattr(self, "hull", None) is None:
+            return None  # no routes asked for, or nothing relaxed into a hull yet
+        from xtalforge.synthesis.routes import routes_table, targets_from_hull, write_routes_csv, write_routes_markdown
+
+        e_hull = self.hull.all_e_above_hull()
+        top = sorted(e_hull, key=e_hull.get)[: max(self.cfg.tracking.top_k, 1)]
+        try:
+            rows = routes_table(targets_from_hull(self.hull, top), hull=self.hull, references=self.hull.references,
+                                precursors=scfg.precursors, per_target=scfg.routes_per_target)
+        except Exception as err:  # a route planner problem must not lose the campaign's report
+            log.warning("synthesis routes failed: %s", err)
+            return None
+        for writer, name in ((write_routes_csv, "synthesis_routes.csv"), (write_routes_markdown, "synthesis_routes.md")):
+            path = writer(rows, self.run_dir / name)
+            if self.tracker is not None:
+                self.tracker.log_artifact(path)
+        out: dict[str, list[dict]] = {}
+        for row in rows:
+            out.setdefault(row["candidate_id"], []).append(row)
+        return out
 
     def _final_report(self) -> None:
         self._load_predictions()
@@ -530,18 +711,21 @@ class Campaign:
             self.lab_oracle = LabOracle(self.cfg.lab, self.store, self.run_dir)
         return self.lab_oracle
 
-    def _lab_collect(self) -> dict[str, float]:
+    def _lab_collect(self, r: int) -> dict[str, float]:
         """Take in lab results that arrived since the last look: inbox files are checked here;
         the HTTP API and `xtalforge lab submit` have already committed theirs to the store."""
         lab = self._lab()
         if lab is None:
             return {}
-        new = lab.collect(0.0)
+        lab.collect(0.0)
         for path, out in lab.last_inbox:
             self.echo(f"  lab inbox: {path.name}: {out.summary()}")
+        # counted against the last round's total, not this process's view: the same after a resume
+        before = self.store.round_metrics().get(r - 1, {}).get("lab_results_total", 0.0)
+        new = max(0.0, len(lab.results) - before)
         if new:
-            self.echo(f"  lab '{lab.name}': {len(new)} new result(s), {len(lab.results)} in all")
-        return {"lab_results_new": float(len(new))}
+            self.echo(f"  lab '{lab.name}': {new:.0f} new result(s), {len(lab.results)} in all")
+        return {"lab_results_new": new}
 
     def _lab_request(self, r: int) -> dict[str, float]:
         """Round r's lab requests: the most promising MLIP results not yet sent. Idempotent: a

@@ -238,6 +238,8 @@ def routes_for(target: Composition | str, energies: FormationEnergies, precursor
              if p.kind == "gas" and p.s298_j_per_mol_k is not None}
     out = []
     for combo in precursor_sets(target, precursors):
+        if any(p.composition.reduced_formula == target.reduced_formula for p in combo):
+            continue  # the target is itself a stock precursor (CaO from CaO): no reaction to suggest
         rxn = balance(target, combo)
         if rxn is None:
             continue
@@ -260,6 +262,8 @@ def routes_for(target: Composition | str, energies: FormationEnergies, precursor
             continue
         de = float(sum(rxn.get_coeff(c) * v for c, v in e_fu.items()))
         atoms = sum(rxn.get_coeff(c) * c.num_atoms for c in rxn.all_comp if rxn.get_coeff(c) > 0)
+        if atoms <= 1e-9:  # a degenerate balance with nothing formed
+            continue
         ds = sum(rxn.get_coeff(c) * gas_s.get(c.reduced_formula, 0.0) for c in rxn.all_comp)  # J/(mol K)
         dg = de - temperature_k * ds / 1000 * EV_PER_KJ_MOL
         out.append(Route(target.reduced_formula, tuple(p.formula for p in combo),
