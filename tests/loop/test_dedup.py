@@ -80,11 +80,11 @@ def test_variants_collapse_to_the_original(crystals):
 def test_variants_share_the_bucket_fingerprint(crystals):
     rng = np.random.default_rng(3)
     for s in crystals:
-        key, minima = fingerprint(s)
+        key, desc = fingerprint(s)
         for kind, v in variants(s, rng).items():
             k2, m2 = fingerprint(v)
             assert k2 == key, f"{s.composition.reduced_formula} {kind}: {k2} != {key}"
-            assert np.allclose(m2, minima, atol=1e-6), kind
+            assert np.allclose(m2, desc, atol=1e-6), kind
 
 
 def test_same_formula_different_crystal_is_kept(crystals):

@@ -1,25 +1,25 @@
 """Uniqueness and novelty: symmetry-equivalent structures collapse to one Candidate.id.
 
 StructureMatcher costs milliseconds per pair, so it runs only where a match is plausible:
-1. the canonical id (rotated, translated, permuted and supercell copies usually share it);
-2. a bucket key: reduced formula and atoms in the primitive cell (spglib at symprec 0.1);
-3. inside a bucket, a vectorized pre-screen on two descriptors that rotation, translation,
-   supercells and site order leave unchanged, both in units of the free length per atom
-   (V/N)^(1/3), so that they agree with the matcher's volume scaling:
-   - the log of the primitive lattice's successive minima (its Niggli-reduced lengths),
-     within a factor `lattice_tol`;
-   - per element, the mean distance of its atoms to their 1st..6th nearest neighbours, within
-     `site_tol`;
+1. a repeat of the very same cell (`exact_key`) is a duplicate outright;
+2. structures are bucketed by reduced formula (the matcher never matches across formulas);
+3. inside a bucket, a vectorized pre-screen on a descriptor that rotation, translation,
+   supercells and site order leave unchanged, in units of the free length per atom
+   (V/N)^(1/3) so that it agrees with the matcher's volume scaling: per element, the mean
+   distance of its atoms to their 1st..6th nearest neighbours and to the nearest atom of each
+   element. Only structures within `site_tol` of each other on every entry go on;
 4. StructureMatcher.fit on what survives, nearest descriptor first, at most
-   `max_matcher_calls` per structure, on primitive Niggli cells reduced once per structure
-   (the matcher would otherwise reduce both structures again on every call).
-Before all of this, a repeat of the very same cell (exact_key) is a duplicate outright.
-Symmetry-equivalent copies pass 2-3 exactly (up to float noise). A copy whose atoms moved by a
+   `max_matcher_calls` per structure, on primitive Niggli cells (spglib) reduced once per
+   structure and only when first needed (the matcher would reduce both on every call).
+Symmetry-equivalent copies pass 3 exactly (up to float noise). A copy whose atoms moved by a
 sizeable fraction of the matcher's site tolerance (0.3 free lengths) can fail the pre-screen
 and be kept as new; the pre-screen never merges structures the matcher tells apart.
 
-Batches of at least PARALLEL_MIN structures can use `workers` processes: fingerprints in
-chunks, then one task per bucket (buckets never share a match, so the answer is the serial one).
+The canonical id (types.canonical_id) is a coarse hash that distinct polymorphs can share, so
+it is not trusted: a new structure whose id is taken gets a suffix (`<id>-1`, ...).
+
+Batches of at least PARALLEL_MIN structures can use `workers` processes, one task per bucket
+(buckets never share a match, so the answer is the serial one).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from pymatgen.core import Lattice, Structure
 
 from xtalforge.types import Candidate
 
-BucketKey = tuple[str, int]  # (reduced formula, atoms in the primitive cell)
 NEIGHBOURS = 6
 PARALLEL_MIN = 500  # below this many new structures a process pool costs more than it saves
 
@@ -47,36 +46,22 @@ def _matcher() -> StructureMatcher:
     return StructureMatcher(primitive_cell=True, scale=True, attempt_supercell=True)
 
 
-def fingerprint(s: Structure, symprec: float = 0.1) -> tuple[BucketKey, np.ndarray]:
-    """Bucket key and the pre-screen descriptor: [log successive minima (3), per-element mean
-    k-th neighbour distance (NEIGHBOURS per element, elements in alphabetical order)]."""
-    import spglib
-
-    formula = s.composition.reduced_formula
-    lat, nprim = s.lattice.matrix, len(s)
-    if s.is_ordered:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = spglib.get_symmetry_dataset((s.lattice.matrix, s.frac_coords, s.atomic_numbers), symprec=symprec)
-        if ds is not None:
-            nprim, lat = len(set(ds.mapping_to_primitive)), ds.primitive_lattice
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        red = spglib.niggli_reduce(lat)
-    red = lat if red is None else red
+def fingerprint(s: Structure) -> tuple[str, np.ndarray]:
+    """(bucket key = reduced formula, pre-screen descriptor)."""
     free = (s.volume / len(s)) ** (1.0 / 3.0)  # Å
-    minima = np.log(np.sort(np.linalg.norm(red, axis=1)) / free)
-    return (formula, nprim), np.concatenate([minima, _neighbour_shells(s, free)])
+    return s.composition.reduced_formula, _neighbour_shells(s, free)
 
 
 def _neighbour_shells(s: Structure, free: float) -> np.ndarray:
-    """Per element (alphabetical), the mean distance of its atoms to their k-th nearest
-    neighbour, k = 1..NEIGHBOURS, over the free length per atom."""
+    """Per element A (alphabetical): the mean distance of its atoms to their k-th nearest
+    neighbour, k = 1..NEIGHBOURS, then to their nearest atom of each element B; all over the
+    free length per atom. The second part tells apart structures that differ only in which
+    atom sits where (an atom swap keeps every distance, not who is at the other end)."""
     cutoff = 2.5 * free  # a sphere of ~65 atoms on average: six neighbours are always inside
-    centres, _, _, dists = s.get_neighbor_list(cutoff)
+    centres, points, _, dists = s.get_neighbor_list(cutoff)
     n = len(s)
     order = np.lexsort((dists, centres))
-    centres, dists = centres[order], dists[order]
+    centres, points, dists = centres[order], points[order], dists[order]
     counts = np.bincount(centres, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     shells = np.full((n, NEIGHBOURS), cutoff)
@@ -84,7 +69,13 @@ def _neighbour_shells(s: Structure, free: float) -> np.ndarray:
         have = counts > k
         shells[have, k] = dists[starts[have] + k]
     symbols = np.array([sp.symbol if hasattr(sp, "symbol") else str(sp) for sp in s.species])
-    return np.concatenate([shells[symbols == el].mean(axis=0) for el in sorted(set(symbols))]) / free
+    elements = sorted(set(symbols))
+    el = np.searchsorted(elements, symbols)
+    nearest = np.full((n, len(elements)), cutoff)
+    np.minimum.at(nearest, (centres, el[points]), dists)
+    parts = [np.concatenate([shells[el == i].mean(axis=0), nearest[el == i].mean(axis=0)])
+             for i in range(len(elements))]
+    return np.concatenate(parts) / free
 
 
 def exact_key(s: Structure) -> str:
@@ -100,18 +91,18 @@ def exact_key(s: Structure) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def _reduced(s: Structure, nprim: int) -> Structure:
-    """What StructureMatcher compares: the primitive cell, Niggli-reduced, found by spglib
-    (ten times faster than pymatgen's search); `nprim` is spglib's count from `fingerprint`."""
+def _reduced(s: Structure) -> Structure:
+    """What StructureMatcher compares: the primitive cell, Niggli-reduced, both found by spglib
+    (ten times faster than pymatgen's searches), positions as they are (not symmetrized)."""
     import spglib
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if nprim < len(s) and s.is_ordered:
-            # the primitive cell spglib found, positions as they are (not symmetrized)
+        if s.is_ordered:
             prim = spglib.standardize_cell((s.lattice.matrix, s.frac_coords, s.atomic_numbers), to_primitive=True,
                                            no_idealize=True, symprec=0.1)
-            s = s.get_primitive_structure() if prim is None else Structure(prim[0], prim[2], prim[1])
+            if prim is not None and len(prim[2]) < len(s):
+                s = Structure(prim[0], prim[2], prim[1])
         lat = spglib.niggli_reduce(s.lattice.matrix)
     if lat is None:
         return s.get_reduced_structure()
@@ -120,107 +111,105 @@ def _reduced(s: Structure, nprim: int) -> Structure:
 
 @dataclass(frozen=True)
 class _Tolerances:
-    log_lattice: float
     site: float
     max_calls: int
 
 
 @dataclass
 class _Bucket:
-    """The unique structures of one bucket key, with their descriptors and reduced cells."""
+    """The unique structures of one formula, with their descriptors and (lazily) reduced cells."""
 
     ids: list[str] = field(default_factory=list)
-    reduced: list[Structure] = field(default_factory=list)
+    structures: list[Structure] = field(default_factory=list)
+    reduced: list[Structure | None] = field(default_factory=list)
     desc: np.ndarray | None = None  # one descriptor row per structure
 
-    def add(self, cid: str, red: Structure, d: np.ndarray) -> None:
+    def add(self, cid: str, s: Structure, d: np.ndarray, red: Structure | None = None) -> None:
         self.ids.append(cid)
+        self.structures.append(s)
         self.reduced.append(red)
         self.desc = d[None, :] if self.desc is None else np.vstack([self.desc, d[None, :]])
 
-    def find(self, red: Structure, d: np.ndarray, matcher: StructureMatcher, tol: _Tolerances) -> tuple[str | None, int]:
-        """(id of the structure `red` duplicates or None, matcher calls spent)."""
+    def reduced_at(self, i: int) -> Structure:
+        if self.reduced[i] is None:
+            self.reduced[i] = _reduced(self.structures[i])
+        return self.reduced[i]
+
+    def find(self, s: Structure, d: np.ndarray, matcher: StructureMatcher, tol: _Tolerances
+             ) -> tuple[str | None, int, Structure | None]:
+        """(id of the structure `s` duplicates or None, matcher calls spent, `s` reduced if it
+        had to be)."""
         if self.desc is None or self.desc.shape[1] != d.shape[0]:
-            return None, 0
+            return None, 0, None
         diff = np.abs(self.desc - d)
-        close = np.flatnonzero((diff[:, :3].max(axis=1) <= tol.log_lattice) & (diff[:, 3:].max(axis=1) <= tol.site))
+        close = np.flatnonzero(diff.max(axis=1) <= tol.site)
+        if not len(close):
+            return None, 0, None
         # nearest first: a duplicate, when there is one, is nearly always among the closest few
         order = close[np.argsort(diff[close].sum(axis=1))][: tol.max_calls]
+        red = _reduced(s)
         for calls, i in enumerate(order, start=1):
-            if matcher.fit(red, self.reduced[i], skip_structure_reduction=True):
-                return self.ids[i], calls
-        return None, len(order)
+            if matcher.fit(red, self.reduced_at(int(i)), skip_structure_reduction=True):
+                return self.ids[int(i)], calls, red
+        return None, len(order), red
 
 
-def _scan_bucket(args: tuple[BucketKey, _Bucket, list[tuple[str, Structure, np.ndarray]], _Tolerances]
+def _scan_bucket(args: tuple[_Bucket, list[tuple[str, Structure, np.ndarray]], _Tolerances]
                  ) -> tuple[_Bucket, list[bool], int]:
     """Deduplicate `items` (id, structure, descriptor) against and into one bucket, in order:
     (the bucket with the new ones added, new or not per item, matcher calls)."""
-    key, bucket, items, tol = args
+    bucket, items, tol = args
     matcher = _matcher()
     flags, calls = [], 0
     for cid, s, d in items:
-        red = _reduced(s, key[1])
-        hit, n = bucket.find(red, d, matcher, tol)
+        hit, n, red = bucket.find(s, d, matcher, tol)
         calls += n
         if hit is None:
-            bucket.add(cid, red, d)
+            bucket.add(cid, s, d, red)
         flags.append(hit is None)
     return bucket, flags, calls
-
-
-def _fingerprints(args: tuple[list[Structure], float]) -> list[tuple[BucketKey, np.ndarray]]:
-    structures, symprec = args
-    return [fingerprint(s, symprec) for s in structures]
 
 
 class Deduplicator:
     """Remembers every structure seen; `add` says whether a new structure is new."""
 
-    def __init__(self, known: Iterable[Candidate] = (), symprec: float = 0.1, lattice_tol: float = 1.25,
-                 site_tol: float = 0.05, max_matcher_calls: int = 8, workers: int = 1):
-        """`lattice_tol`: the largest ratio of successive minima still sent to the matcher;
-        `site_tol`: the largest difference of mean neighbour distances, in free lengths per atom;
-        `max_matcher_calls`: matcher calls per structure before calling it new;
-        `workers`: processes for `unique` on batches of at least PARALLEL_MIN structures."""
+    def __init__(self, known: Iterable[Candidate] = (), site_tol: float = 0.05, max_matcher_calls: int = 8,
+                 workers: int = 1):
+        """`site_tol`: the largest difference of any descriptor entry still sent to the matcher,
+        in free lengths per atom; `max_matcher_calls`: matcher calls per structure before
+        calling it new; `workers`: processes for `unique` on batches of PARALLEL_MIN or more."""
         self.matcher = _matcher()
-        self.symprec = symprec
-        self.tol = _Tolerances(math.log(lattice_tol), site_tol, max_matcher_calls)
+        self.tol = _Tolerances(site_tol, max_matcher_calls)
         self.workers = workers
         self.ids: set[str] = set()
         self.seen: set[str] = set()  # exact_key of every structure already judged
-        self.buckets: dict[BucketKey, _Bucket] = {}
+        self.buckets: dict[str, _Bucket] = {}
         self.matcher_calls = 0  # how often the expensive step ran (for benchmarks)
         for c in known:  # the store's candidates are unique already: no matching needed
-            key, desc = fingerprint(c.structure, symprec)
+            key, desc = fingerprint(c.structure)
             self.ids.add(c.id)
             self.seen.add(exact_key(c.structure))
-            self.buckets.setdefault(key, _Bucket()).add(c.id, _reduced(c.structure, key[1]), desc)
+            self.buckets.setdefault(key, _Bucket()).add(c.id, c.structure, desc)
 
     def match(self, s: Structure) -> str | None:
         """The id of a known structure that `s` duplicates, or None."""
-        key, desc = fingerprint(s, self.symprec)
+        key, desc = fingerprint(s)
         b = self.buckets.get(key)
         if b is None:
             return None
-        hit, n = b.find(_reduced(s, key[1]), desc, self.matcher, self.tol)
+        hit, n, _ = b.find(s, desc, self.matcher, self.tol)
         self.matcher_calls += n
         return hit
 
     def add(self, c: Candidate) -> bool:
-        """True when `c` is new (and is now remembered); False for a duplicate.
-
-        The canonical id is a coarse hash (lattice rounded to 0.1 Å), so two distinct
-        polymorphs can share it: identity is the matcher's call, and a new structure whose id
-        is taken gets the next free suffix (`<id>-1`, `<id>-2`, ...). The very same cell
-        proposed again (generators repeat themselves) is answered without the matcher."""
+        """True when `c` is new (and is now remembered, under a free id); False for a duplicate."""
         exact = exact_key(c.structure)
         if exact in self.seen:
             return False
         self.seen.add(exact)
-        key, desc = fingerprint(c.structure, self.symprec)
+        key, desc = fingerprint(c.structure)
         bucket = self.buckets.setdefault(key, _Bucket())
-        _, flags, calls = _scan_bucket((key, bucket, [(self._free_id(c.id), c.structure, desc)], self.tol))
+        _, flags, calls = _scan_bucket((bucket, [(self._free_id(c.id), c.structure, desc)], self.tol))
         self.matcher_calls += calls
         if flags[0]:
             c.id = bucket.ids[-1]
@@ -243,31 +232,29 @@ class Deduplicator:
         return f"{cid}-{k}"
 
     def _unique_parallel(self, cands: Sequence[Candidate]) -> list[Candidate]:
-        fresh = []
+        fresh, groups, descs = [], {}, []
         for c in cands:
             exact = exact_key(c.structure)
-            if exact not in self.seen:
-                self.seen.add(exact)
-                fresh.append(c)
-        step = max(1, math.ceil(len(fresh) / (4 * self.workers)))
-        chunks = [([c.structure for c in fresh[i:i + step]], self.symprec) for i in range(0, len(fresh), step)]
+            if exact in self.seen:
+                continue
+            self.seen.add(exact)
+            key, desc = fingerprint(c.structure)
+            groups.setdefault(key, []).append(len(fresh))
+            fresh.append(c)
+            descs.append(desc)
+        keys = sorted(groups, key=lambda k: -len(groups[k]))  # the longest scan starts first
+        # new entries carry a placeholder id ("#<index>") until the final ids are known
+        tasks = [(self.buckets.get(k, _Bucket()), [(f"#{i}", fresh[i].structure, descs[i]) for i in groups[k]],
+                  self.tol) for k in keys]
+        new: set[int] = set()
         with ProcessPoolExecutor(max_workers=self.workers) as pool:
-            fps = [fp for part in pool.map(_fingerprints, chunks) for fp in part]
-            groups: dict[BucketKey, list[int]] = {}
-            for i, (key, _) in enumerate(fps):
-                groups.setdefault(key, []).append(i)
-            keys = sorted(groups, key=lambda k: -len(groups[k]))  # the longest scan starts first
-            # new entries carry a placeholder id ("#<index>") until the final ids are known
-            tasks = [(k, self.buckets.get(k, _Bucket()), [(f"#{i}", fresh[i].structure, fps[i][1]) for i in groups[k]],
-                      self.tol) for k in keys]
-            new: set[int] = set()
             for k, (bucket, flags, calls) in zip(keys, pool.map(_scan_bucket, tasks)):
                 self.buckets[k] = bucket
                 self.matcher_calls += calls
                 new.update(i for i, f in zip(groups[k], flags) if f)
         final: dict[str, str] = {}
         out = []
-        for i, c in enumerate(fresh):  # ids in input order, as the serial scan would give them
+        for i, c in enumerate(fresh):  # ids in input order, as the serial scan gives them
             if i in new:
                 c.id = self._free_id(c.id)
                 self.ids.add(c.id)
