@@ -8,9 +8,10 @@ StructureMatcher costs milliseconds per pair, so it runs only where a match is p
    (V/N)^(1/3) so that it agrees with the matcher's volume scaling: per element, the mean
    distance of its atoms to their 1st..6th nearest neighbours and to the nearest atom of each
    element. Only structures within `site_tol` of each other on every entry go on;
-4. StructureMatcher.fit on what survives, nearest descriptor first, at most
-   `max_matcher_calls` per structure, on primitive Niggli cells (spglib) reduced once per
-   structure and only when first needed (the matcher would reduce both on every call).
+4. StructureMatcher.fit on what survives with a primitive cell of the same size, nearest
+   descriptor first, at most `max_matcher_calls` per structure, on primitive Niggli cells
+   (spglib) reduced once per structure and only when first needed (the matcher would reduce
+   both on every call).
 Symmetry-equivalent copies pass 3 exactly (up to float noise). A copy whose atoms moved by a
 sizeable fraction of the matcher's site tolerance (0.3 free lengths) can fail the pre-screen
 and be kept as new; the pre-screen never merges structures the matcher tells apart.
@@ -145,13 +146,19 @@ class _Bucket:
         close = np.flatnonzero(diff.max(axis=1) <= tol.site)
         if not len(close):
             return None, 0, None
-        # nearest first: a duplicate, when there is one, is nearly always among the closest few
-        order = close[np.argsort(diff[close].sum(axis=1))][: tol.max_calls]
         red = _reduced(s)
-        for calls, i in enumerate(order, start=1):
-            if matcher.fit(red, self.reduced_at(int(i)), skip_structure_reduction=True):
+        calls = 0
+        # nearest first: a duplicate, when there is one, is nearly always among the closest few
+        for i in close[np.argsort(diff[close].sum(axis=1))]:
+            other = self.reduced_at(int(i))
+            if len(other) != len(red):  # a different primitive cell: the matcher's slow supercell search
+                continue
+            calls += 1
+            if matcher.fit(red, other, skip_structure_reduction=True):
                 return self.ids[int(i)], calls, red
-        return None, len(order), red
+            if calls >= tol.max_calls:
+                break
+        return None, calls, red
 
 
 def _scan_bucket(args: tuple[_Bucket, list[tuple[str, Structure, np.ndarray]], _Tolerances]
