@@ -5,9 +5,10 @@ StructureMatcher costs milliseconds per pair, so it runs only where a match is p
 2. structures are bucketed by reduced formula (the matcher never matches across formulas);
 3. inside a bucket, a vectorized pre-screen on a descriptor that rotation, translation,
    supercells and site order leave unchanged, in units of the free length per atom
-   (V/N)^(1/3) so that it agrees with the matcher's volume scaling: per element, the mean
-   distance of its atoms to their 1st..6th nearest neighbours and to the nearest atom of each
-   element. Only structures within `site_tol` of each other on every entry go on;
+   (V/N)^(1/3) so that it agrees with the matcher's volume scaling: per element, the mean,
+   least and largest distance of its atoms to their 1st..6th nearest neighbours and the mean
+   distance to the nearest atom of each element. Only structures within `site_tol` of each
+   other on every entry go on;
 4. StructureMatcher.fit on what survives with a primitive cell of the same size, nearest
    descriptor first, at most `max_matcher_calls` per structure, on primitive Niggli cells
    (spglib) reduced once per structure and only when first needed (the matcher would reduce
@@ -25,7 +26,6 @@ Batches of at least PARALLEL_MIN structures can use `workers` processes, one tas
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -54,10 +54,11 @@ def fingerprint(s: Structure) -> tuple[str, np.ndarray]:
 
 
 def _neighbour_shells(s: Structure, free: float) -> np.ndarray:
-    """Per element A (alphabetical): the mean distance of its atoms to their k-th nearest
-    neighbour, k = 1..NEIGHBOURS, then to their nearest atom of each element B; all over the
-    free length per atom. The second part tells apart structures that differ only in which
-    atom sits where (an atom swap keeps every distance, not who is at the other end)."""
+    """Per element A (alphabetical): the mean, least and largest distance of its atoms to their
+    k-th nearest neighbour, k = 1..NEIGHBOURS, then the mean distance to their nearest atom of
+    each element B; all over the free length per atom. The last part tells apart structures
+    that differ only in which atom sits where (a swap keeps the distances, not who is at the
+    other end). Supercells repeat every atom's surroundings, so none of this changes."""
     cutoff = 2.5 * free  # a sphere of ~65 atoms on average: six neighbours are always inside
     centres, points, _, dists = s.get_neighbor_list(cutoff)
     n = len(s)
@@ -74,7 +75,8 @@ def _neighbour_shells(s: Structure, free: float) -> np.ndarray:
     el = np.searchsorted(elements, symbols)
     nearest = np.full((n, len(elements)), cutoff)
     np.minimum.at(nearest, (centres, el[points]), dists)
-    parts = [np.concatenate([shells[el == i].mean(axis=0), nearest[el == i].mean(axis=0)])
+    parts = [np.concatenate([shells[el == i].mean(axis=0), shells[el == i].min(axis=0), shells[el == i].max(axis=0),
+                             nearest[el == i].mean(axis=0)])
              for i in range(len(elements))]
     return np.concatenate(parts) / free
 
