@@ -6,13 +6,8 @@ Registered by xtalforge.cli through `add_parser`; heavy imports wait until a com
 from __future__ import annotations
 
 import argparse
-import sys
 
-
-def _fail(lines: list[str], code: int = 2) -> int:
-    for line in lines:
-        print(f"error: {line}", file=sys.stderr)
-    return code
+from xtalforge.cli import _fail  # one error format for every subcommand
 
 
 def cmd_train(a: argparse.Namespace) -> int:

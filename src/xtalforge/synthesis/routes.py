@@ -344,13 +344,9 @@ def _note(r: Route) -> str:
 
 
 def write_routes_csv(rows: Sequence[dict], path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=ROUTE_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return p
+    from xtalforge.synthesis.tables import write_table
+
+    return write_table(path, ROUTE_COLUMNS, list(rows))
 
 
 def routes_markdown(rows: Sequence[dict]) -> str:
