@@ -109,6 +109,32 @@ def test_hung_worker_is_replaced_and_its_work_retried_once(ray_local, caplog):
         oracle.shutdown()
 
 
+def test_oracle_that_raises_is_retried_once_then_failed_with_the_reason(ray_local, caplog):
+    """EMT has no potential for Fe: the calculator raises inside the worker. The round must not
+    fail, the worker must survive, and the candidate is retried once, then failed with the
+    exception's message; a good candidate in the same queue still comes back."""
+    fe = Candidate(structure=Structure.from_spacegroup("Im-3m", Lattice.cubic(2.87), ["Fe"], [[0, 0, 0]]),
+                   source="t", round=0, id="fe-no-emt")
+    cu = Candidate(structure=Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]]),
+                   source="t", round=0, id="cu-emt")
+    oracle = MLIPOracle(Hull(["Cu", "Fe"], [PDEntry("Cu", 0.0), PDEntry("Fe", 0.0)], use_mp_elements=False),
+                        workers=1, model=EMT, fmax=0.05, apply_mp2020=False)
+    try:
+        oracle.submit([fe, cu])
+        got = _collect_all(oracle, limit_s=120)
+        assert set(got) == {"fe-no-emt", "cu-emt"}
+        m = got["fe-no-emt"]
+        assert m.status == Status.failed
+        assert "NotImplementedError" in m.error and "Fe" in m.error
+        assert len(_retries(caplog, "fe-no-emt")) == 1
+        assert got["cu-emt"].status == Status.ok, got["cu-emt"].error
+        assert not _retries(caplog, "cu-emt")
+        first = oracle.actors[0]
+        assert ray.get(first.ready.remote()) > 0 and not oracle.loading  # no worker was lost
+    finally:
+        oracle.shutdown()
+
+
 def test_ase_calculator_oracle_with_bulk_modulus(ray_local):
     """EMT through the oracle, with the bulk-modulus property oracle in the worker."""
     fcc = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.7), ["Cu"], [[0, 0, 0]])

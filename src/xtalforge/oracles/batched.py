@@ -259,7 +259,7 @@ def relax_batched(model, structures: Sequence[Structure], fmax: float = 0.1, max
                 active.append(_System(i, structures[i], relax_cell))
                 atoms_in += n_next
             except Exception as err:
-                results[i] = failed(f"{type(err).__name__}: {err}")
+                results[i] = failed(f"{type(err).__name__}: {err}", raised=True)
         if not active:
             continue
         current = [s.structure() for s in active]
@@ -274,7 +274,7 @@ def relax_batched(model, structures: Sequence[Structure], fmax: float = 0.1, max
             if not problem and not _finite(ev):
                 problem = "forces or stress are NaN"
             if problem:  # FIRE will not come back from here: stop spending steps on it
-                results[s.index] = failed(problem, seconds)
+                results[s.index] = failed(problem, seconds, raised=bool(ev.error))
                 continue
             s.last = ev
             alive.append(s)

@@ -47,12 +47,13 @@ class RelaxResult:
     magmoms: list[float] = field(default_factory=list)  # μB per site; [] if the model has none
     seconds: float = 0.0
     timed_out: bool = False  # stopped by the per-relaxation wall-clock limit
+    raised: bool = False  # the model or the optimizer raised: maybe transient, worth one retry
     properties: dict[str, float] = field(default_factory=dict)  # e.g. bulk_modulus (GPa)
     property_errors: dict[str, str] = field(default_factory=dict)
 
 
-def failed(error: str, seconds: float = 0.0, timed_out: bool = False) -> RelaxResult:
-    return RelaxResult(ok=False, error=error, seconds=seconds, timed_out=timed_out)
+def failed(error: str, seconds: float = 0.0, timed_out: bool = False, raised: bool = False) -> RelaxResult:
+    return RelaxResult(ok=False, error=error, seconds=seconds, timed_out=timed_out, raised=raised)
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def relax_ase(calc, structure: Structure, fmax: float = 0.1, max_steps: int = 30
             final.add_site_property("magmom", magmoms)
         return finish(final, e, forces, opt.nsteps, bool(converged), magmoms, time.perf_counter() - t0)
     except Exception as err:  # an MLIP blow-up must never take the actor down
-        return failed(f"{type(err).__name__}: {err}", time.perf_counter() - t0)
+        return failed(f"{type(err).__name__}: {err}", time.perf_counter() - t0, raised=True)
 
 
 def finish(final: Structure, energy: float, forces: np.ndarray, steps: int, converged: bool,

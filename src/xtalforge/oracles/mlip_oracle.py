@@ -8,7 +8,8 @@ round:
 - a relaxation that explodes (NaN, fused atoms, energy off the scale) comes back `failed` with
   its reason, at once: running it again would explode again;
 - a relaxation past its time budget (`timeout_s` wall-clock seconds per relaxation; checked
-  inside the actor between steps) is retried once, then `failed`;
+  inside the actor between steps), or one where the model raised (it may be transient: a
+  CUDA hiccup, memory), is retried once, then `failed` with the reason;
 - an actor that dies, or hangs inside one model call past the budget plus a grace period, is
   killed and replaced, and its structures retried once. A replacement gets no work until its
   model has loaded, so loading never eats into a retried relaxation's budget.
@@ -200,7 +201,7 @@ class MLIPOracle:
     def _finish(self, chunk: _Chunk, results: list[RelaxResult]) -> list[Measurement]:
         out = []
         for job, res in zip(chunk.jobs, results):
-            if res.timed_out:
+            if res.timed_out or res.raised:
                 m = self._retry_or_fail(job, res.error, res.seconds)
             else:
                 m = self._measure(job, res)
