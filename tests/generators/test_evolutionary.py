@@ -153,3 +153,21 @@ def test_history_through_ray_object_store(ray_local, history, caplog):
                                chunks=2)
         assert got, name
         assert_in_bounds(got, CATIO, 12, name)
+
+
+def test_prototype_seeds_are_drawn_once_in_prepare_and_travel_with_the_generator():
+    """With nothing relaxed yet, prepare() seeds parents from the shipped prototypes once in
+    the campaign's process; copies sent to proposal tasks breed from those seeds."""
+    import copy
+
+    gen = Evolutionary(CATIO, 12)
+    got = gen.prepare(ctx(max_atoms=12))
+    assert got["prototype_seeds"] == len(gen._seeds) > 0
+    task_copy = copy.deepcopy(gen)
+    pop = task_copy.population(ctx(max_atoms=12, seed=5))
+    assert [s.composition for _, s, _, _ in pop] == [s.composition for _, s, _, _ in gen._seeds]
+    kids = task_copy.propose(6, ctx(max_atoms=12, seed=5))
+    assert kids and all(c.source == "evolutionary" for c in kids)
+    # once the campaign has relaxed structures, they are the parents and no seeds are drawn
+    history = [(kids[0], verdict(kids[0], 0.0))]
+    assert gen.prepare(ctx(max_atoms=12, history=history)) == {} and gen._seeds == []

@@ -64,3 +64,24 @@ def test_other_generators_results_are_ignored(proposals):
 def test_system_without_charge_balanced_compound_is_a_clear_error():
     with pytest.raises(NoCompositionError):
         RandomSymmetric(("Na", "K"), 10)
+
+
+def test_shared_tolerance_table_changes_no_distance_check():
+    """pyxtal's Wyckoff merge checks periodic images with an explicit tolerance; handing it one
+    shared tolerance table (instead of building one per call) must give the same answers."""
+    import pyxtal.operations as ops
+    import pyxtal.symmetry as sym
+
+    from xtalforge.generators.random_symmetric import _share_pyxtal_tolerances
+
+    _share_pyxtal_tolerances()
+    _share_pyxtal_tolerances()  # idempotent: one wrapper, not a wrapper of a wrapper
+    assert sym.check_images.shares_tolerances and sym.check_images is not ops.check_images
+    rng = np.random.default_rng(0)
+    lattice = np.diag([3.0, 4.0, 5.0])
+    for _ in range(40):
+        coords = rng.random((int(rng.integers(1, 4)), 3))
+        species = list(rng.choice(["Ca", "Ti", "O"], size=len(coords)))
+        for tol in (None, 0.5, 1.5, 2.5):
+            assert sym.check_images(coords, species, lattice, tol=tol) == ops.check_images(coords, species, lattice,
+                                                                                            tol=tol)

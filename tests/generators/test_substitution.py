@@ -140,3 +140,19 @@ def test_bad_prototype_files_are_skipped_with_a_message(test_cifs, tmp_path, cap
 def test_system_without_charge_balanced_compound_is_a_clear_error():
     with pytest.raises(NoCompositionError, match="no charge-balanced compound"):
         Substitution(("Na", "K"), 10)
+
+
+def test_generator_travels_to_ray_without_pymatgens_table(catio):
+    """Ray pickles the generator into every proposal task; pymatgen's substitution table
+    rebuilds itself on unpickling (seconds), so only the memo of probabilities may travel."""
+    import pickle
+
+    catio.propose(5, ctx(max_atoms=12))
+    blob = pickle.dumps(catio)
+    assert b"SubstitutionProbability" not in blob
+    copy = pickle.loads(blob)
+    pairs = list(catio.table._memo)[:20]
+    assert pairs and all(copy.table.p(*k) == catio.table.p(*k) for k in pairs)
+    assert copy.table.p("Sr2+", "Ca2+") > 0 and copy.table.p("O2-", "Ca2+") == 0.0  # new pairs still answer
+    a, b = catio.propose(10, ctx(max_atoms=12, seed=3)), copy.propose(10, ctx(max_atoms=12, seed=3))
+    assert [c.id for c in a] == [c.id for c in b]

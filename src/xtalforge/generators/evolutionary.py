@@ -120,6 +120,7 @@ class Evolutionary:
         self.max_atoms = max_atoms
         self.population_size = population_size
         self.seed_from_prototypes = seed_from_prototypes
+        self._seeds: list[tuple[str | None, Structure, float, dict]] = []  # see prepare
         self.strain_sigma = strain_sigma
         self.coord_sigma = coord_sigma
         self.double_probability = double_probability
@@ -141,14 +142,31 @@ class Evolutionary:
     # -- population ------------------------------------------------------------------------
     def population(self, ctx: RoundContext) -> list[tuple[str | None, Structure, float, dict]]:
         """(candidate id, structure, fitness, meta) of the parents to draw from."""
+        pop = self._relaxed_parents(ctx)
+        if pop or not self.seed_from_prototypes:
+            return pop
+        return self._seeds or self._prototype_seeds(ctx)
+
+    def _relaxed_parents(self, ctx: RoundContext) -> list[tuple[str | None, Structure, float, dict]]:
         pop = []
         for cand, m in ctx.history:
             if len(pop) >= self.population_size:
                 break
             if m.relaxed is not None and len(m.relaxed) <= ctx.max_atoms:
                 pop.append((cand.id, fresh(m.relaxed), reward_from(m), {}))
-        if pop or not self.seed_from_prototypes:
-            return pop
+        return pop
+
+    def prepare(self, ctx: RoundContext) -> dict[str, float]:
+        """Before a round's Ray tasks copy this generator: with nothing relaxed yet, draw the
+        prototype seeds here, once, instead of in every task (each paid seconds for pymatgen's
+        substitution table)."""
+        self._seeds = []
+        if self.seed_from_prototypes and not self._relaxed_parents(ctx):
+            self._seeds = self._prototype_seeds(ctx)
+            return {"prototype_seeds": float(len(self._seeds))}
+        return {}
+
+    def _prototype_seeds(self, ctx: RoundContext) -> list[tuple[str | None, Structure, float, dict]]:
         from xtalforge.generators.substitution import Substitution
 
         seeder = Substitution(self.elements, ctx.max_atoms, history_top_k=0, partial_probability=0.0,

@@ -6,6 +6,7 @@ A prototype is an ordered, oxidation-state-decorated primitive cell plus its sym
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -123,19 +124,27 @@ def prepare(key: str, s: Structure, max_atoms: int, prior_a: float = 1.0, prior_
     return Prototype(key, Cell(prim, orbits(prim)), larger, prior_a, prior_b)
 
 
+@functools.lru_cache(maxsize=8)
+def _builtin_prototypes(max_atoms: int) -> tuple[Prototype, ...]:
+    """The shipped set, read once per process (spglib on each: ~1 s in all). Prototypes are
+    frozen and their structures only ever read."""
+    out = []
+    for p in builtin_paths():
+        try:
+            out.append(prepare(f"builtin:{p.stem}", read_structure(p), max_atoms))
+        except PrototypeError as err:  # too big for this campaign's cell limit is routine
+            log.debug("skipping prototype: %s", err)
+    return tuple(out)
+
+
 def load_prototypes(paths: Sequence[str | Path], builtin: bool, max_atoms: int) -> list[Prototype]:
     """The shipped set (when `builtin`) plus the named files. Unusable entries are logged and skipped."""
-    entries: list[tuple[str, Path]] = []
-    if builtin:
-        entries += [(f"builtin:{p.stem}", p) for p in builtin_paths()]
-    entries += [(f"file:{Path(p).stem}", Path(p)) for p in paths]
-    out = []
-    for key, path in entries:
+    out = list(_builtin_prototypes(max_atoms)) if builtin else []
+    for key, path in [(f"file:{Path(p).stem}", Path(p)) for p in paths]:
         try:
             out.append(prepare(key, read_structure(path), max_atoms))
-        except PrototypeError as err:
-            # too big for this campaign's cell limit is routine; a broken user file is not
-            (log.debug if key.startswith("builtin:") else log.warning)("skipping prototype: %s", err)
+        except PrototypeError as err:  # a user's file that cannot be used is worth a warning
+            log.warning("skipping prototype: %s", err)
     return out
 
 

@@ -10,6 +10,7 @@ that one good result in a group is felt (1 of ~23 pseudo-counts rather than 1 of
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -22,6 +23,46 @@ from xtalforge.synthesis.validity import ValidityLimits, structure_problem
 from xtalforge.types import Candidate, Measurement, RoundContext
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _atomic_tolerances():
+    """pyxtal's default distance table (half the summed covalent radii), built once per process;
+    pyxtal only reads it."""
+    from pyxtal.tolerance import Tol_matrix
+
+    return Tol_matrix(prototype="atomic")
+
+
+def _share_pyxtal_tolerances() -> None:
+    """Make pyxtal stop rebuilding its 120x120 tolerance table on every Wyckoff merge.
+
+    `pyxtal.symmetry.merge` calls `check_images(..., tol=t)` without a `Tol_matrix`, and
+    `check_images` then builds one (4 ms) that it never reads when `tol` is given: 55 % of
+    `from_random`'s time here. Handing it one shared table changes no result. Idempotent; the
+    only process-wide change this package makes to a library."""
+    import pyxtal.symmetry as sym
+    from pyxtal.operations import check_images
+
+    if getattr(sym.check_images, "shares_tolerances", False):
+        return
+    shared = _atomic_tolerances()
+
+    def check_images_shared(coords, species, lattice, PBC=None, tm=None, tol=None, d_factor=1.0):
+        return check_images(coords, species, lattice, PBC=PBC, tm=tm if tm is not None else shared,
+                            tol=tol, d_factor=d_factor)
+
+    check_images_shared.shares_tolerances = True
+    sym.check_images = check_images_shared
+
+
+@functools.lru_cache(maxsize=None)
+def _group(number: int):
+    """pyxtal's space group `number`, built once per process: building one reads its Wyckoff
+    tables (~4 ms) and pyxtal only reads it afterwards."""
+    from pyxtal.symmetry import Group
+
+    return Group(number)
 
 
 class RandomSymmetric:
@@ -55,10 +96,10 @@ class RandomSymmetric:
         return w / w.sum()
 
     def _one(self, rng: np.random.Generator, round: int, limits: ValidityLimits,
-             elements: tuple[str, ...], groups: dict) -> Candidate | None:
+             elements: tuple[str, ...]) -> Candidate | None:
         from pyxtal import pyxtal
-        from pyxtal.symmetry import Group
 
+        _share_pyxtal_tolerances()
         formula = self.compositions[rng.choice(len(self.compositions), p=self.composition_probs())]
         comp = self._comp[formula]
         species = [e.symbol for e in comp.elements]
@@ -69,9 +110,7 @@ class RandomSymmetric:
             z = int(rng.integers(1, zmax + 1))
             sg = int(rng.choice(230, p=sg_p)) + 1
             num = [b * z for b in base]
-            if sg not in groups:  # building a Group reads Wyckoff tables: ~10 ms each
-                groups[sg] = Group(sg)
-            group = groups[sg]
+            group = _group(sg)
             # pyxtal counts atoms in the conventional cell; centred cells hold 2-4 primitive ones
             if sum(num) * 1 > self.max_atoms * group.cellsize():
                 continue
@@ -83,7 +122,7 @@ class RandomSymmetric:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     xtal.from_random(3, group, species, num, factor=self.volume_factor,
-                                     random_state=int(rng.integers(2**31)))
+                                     random_state=int(rng.integers(2**31)), tm=_atomic_tolerances())
             except Exception as err:  # pyxtal gives up on tight Wyckoff/distance combinations
                 log.debug("pyxtal %s sg %d: %s", formula, sg, err)
                 continue
@@ -103,12 +142,11 @@ class RandomSymmetric:
     def propose(self, n: int, ctx: RoundContext) -> list[Candidate]:
         out = []
         limits = ValidityLimits(max_atoms=min(self.max_atoms, ctx.max_atoms))
-        groups: dict = {}
         for _ in range(n * 3):
             if len(out) >= n:
                 break
             self.attempts += 1
-            c = self._one(ctx.rng, ctx.round, limits, tuple(ctx.elements), groups)
+            c = self._one(ctx.rng, ctx.round, limits, tuple(ctx.elements))
             if c is None:
                 self.failures += 1
             else:

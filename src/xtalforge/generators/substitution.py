@@ -13,6 +13,7 @@ its structures earned (reward_from: 1 on the hull); sampling weights follow the 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -56,13 +57,22 @@ def system_ions(elements: Sequence[str]) -> list[Species]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _substitution_probability():
+    """pymatgen's data-mined table, built once per process (a few seconds: 50,000 lambdas)."""
+    from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
+
+    return SubstitutionProbability()
+
+
 class SubstitutionTable:
-    """P(target ion | prototype ion), restricted to ions of the same sign; memoized."""
+    """P(target ion | prototype ion), restricted to ions of the same sign; memoized.
+
+    Pickles without pymatgen's table: unpickling that table re-runs its constructor (1.5-4 s),
+    which every Ray task carrying this generator paid. The memo travels instead, and a process
+    that meets a new pair builds the table once."""
 
     def __init__(self) -> None:
-        from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
-
-        self._sp = SubstitutionProbability()
         self._memo: dict[tuple[str, str], float] = {}
 
     def p(self, target: str, proto: str) -> float:
@@ -72,7 +82,7 @@ class SubstitutionTable:
             v = 0.0
             if t.oxi_state * s.oxi_state > 0:
                 try:
-                    v = float(self._sp.cond_prob(t, s))
+                    v = float(_substitution_probability().cond_prob(t, s))
                 except Exception:  # an ion the data-mined table never saw
                     v = 0.0
             self._memo[key] = v
