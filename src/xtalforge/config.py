@@ -116,6 +116,9 @@ class AcquisitionConfig(_Strict):
 class RayConfig(_Strict):
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)
+    proposals_per_task: int = Field(
+        50, ge=1, description="proposals per Ray generation task; a generator asked for fewer than "
+        "twice this proposes in the campaign's process (a task on a fresh worker costs seconds)")
 
 
 class TrackingConfig(_Strict):
@@ -222,6 +225,10 @@ class CampaignConfig(_Strict):
     reference_structures: list[str] = Field(
         default_factory=list, description="CIF files or folders of known structures; a match is not novel")
     update_generators: bool = Field(True, description="False freezes generators (an ablation)")
+    overlap: bool = Field(
+        True, description="while round r's oracle runs, generate round r+1's candidates (they then "
+        "learn from results up to round r-1: one round of lag) and write round r-1's files, "
+        "instead of keeping the oracle waiting for them")
     generators: list[GeneratorConfig] = Field(
         default_factory=lambda: [GeneratorConfig(name="random_symmetric")]
     )

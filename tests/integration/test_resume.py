@@ -1,5 +1,6 @@
 """A real 2-round campaign (CHGNet, Ray, BoTorch, MLflow on SQLite) stopped and resumed."""
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from xtalforge.config import parse_config
@@ -23,15 +24,23 @@ def tiny_config(tmp_path, **over):
     return parse_config(base)
 
 
-def test_stop_after_round_1_then_resume(tmp_path, ray_local):
-    cfg = tiny_config(tmp_path)
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "sequential"])
+def test_stop_after_round_1_then_resume(tmp_path, ray_local, overlap):
+    cfg = tiny_config(tmp_path, overlap=overlap)
     camp = Campaign.create(cfg, progress=False)
     run_dir = camp.run_dir
     camp.run(stop_after=1)
 
     st = CampaignStore(f"sqlite:///{run_dir / 'store.db'}")
     first = {m.candidate_id: m for m in st.measurements()}
-    assert len(first) == 2 and st.stages() == {0: "done"}
+    assert len(first) == 2
+    if overlap:  # round 2 was generated while round 1's oracle ran, from what was known before it
+        assert st.stages() == {0: "done", 1: "generated"}
+        assert st.round_metrics()[1]["generated_ahead"] == 1.0
+    else:
+        assert st.stages() == {0: "done"}
+    ahead = {c.id for c in st.candidates(round=1)}
+    assert bool(ahead) == overlap
     run_id = st.get("mlflow_run_id")
     st.close()
 
@@ -45,6 +54,9 @@ def test_stop_after_round_1_then_resume(tmp_path, ray_local):
         if m.candidate_id in first:  # round-1 results kept as they were: not recomputed
             assert m.at == first[m.candidate_id].at and m.values == first[m.candidate_id].values
     assert sum(m.round == 1 for m in after) == 2
+    if overlap:
+        assert {c.id for c in st.candidates(round=1)} == ahead  # the resumed round did not generate again
+    assert st.round_metrics()[1]["generated_ahead"] == float(overlap)
     assert st.integrity_problems() == []
     assert st.get("mlflow_run_id") == run_id
     st.close()

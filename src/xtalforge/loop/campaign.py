@@ -7,8 +7,10 @@ crash comes back from the store, so `Campaign.open(run_dir).run()` resumes where
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -60,6 +62,8 @@ class Campaign:
         # surrogate's (mean, stdev) of e_above_hull at pick time, to score its calibration
         self._predicted: dict[str, tuple[float, float]] = {}
         self._pending_states: dict[str, dict] = {}
+        self._pending_record: report.RoundRecord | None = None  # written during the next oracle
+        self._writer: Future | None = None
         self.lab_oracle = None  # lab: the LabOracle, built on first use (issue #8)
 
     # -- construction ----------------------------------------------------------------------
@@ -128,6 +132,10 @@ class Campaign:
         from xtalforge.oracles.mlip_oracle import MLIPOracle
 
         cfg = self.cfg
+        if cfg.acquisition.kind != "random":
+            from xtalforge.oracles.surrogate import warm_up
+
+            threading.Thread(target=warm_up, name="surrogate-warm-up", daemon=True).start()
         self._owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
         m = cfg.mlip
         self.oracle = MLIPOracle(self.hull, workers=m.workers, fmax=m.fmax, max_steps=m.max_steps,
@@ -149,6 +157,10 @@ class Campaign:
             self.store.put("mlflow_run_id", new_id)
 
     def close(self, status: str = "FINISHED") -> None:
+        try:
+            self._write_pending_record(wait=True)  # the last round's files, even when stopping early
+        except Exception as err:
+            log.warning("could not write the last round's files: %s", err)
         if self.tracker is not None:
             try:
                 self.tracker.finish(status)
@@ -182,18 +194,23 @@ class Campaign:
                     status = "KILLED"
                     self.echo(f"stopped after round {r}; continue with: xtalforge resume {self.run_dir}")
                     return done
-                done.append(self._round(r, stages.get(r)))
+                # read afresh: the previous round may have generated this one ahead
+                done.append(self._round(r, self.store.stages().get(r)))
             self._final_report()
             status = "FINISHED"
             return done
         finally:
             self.close(status)
 
-    def _ctx(self, r: int) -> RoundContext:
+    def _ctx(self, r: int, known_before: int | None = None) -> RoundContext:
+        """What round `r`'s generators see: the relaxed structures measured so far, best first;
+        with `known_before`, only those from earlier rounds (generation ahead of the oracle)."""
         hist = []
         cands = {c.id: c for c in self.store.candidates(ids=[k for k, m in self.measured.items() if m.status == Status.ok])}
         e_hull = self.hull.all_e_above_hull()
-        for cid, m in self.measured.items():
+        for cid, m in list(self.measured.items()):
+            if known_before is not None and m.round >= known_before:
+                continue
             if m.status == Status.ok and cid in cands:
                 m.values["e_above_hull"] = e_hull.get(cid, m.values["e_above_hull"])
                 hist.append((cands[cid], m))
@@ -211,21 +228,22 @@ class Campaign:
         t_round = time.perf_counter()
         self._load_predictions()
         self.echo(f"── round {r + 1}/{cfg.rounds} ──")
-        ctx = self._ctx(r)
         metrics.update(self._lab_collect(r))  # lab: results that came in, before the surrogate fit
         if stage is None:
             t = time.perf_counter()
             with report.stage(f"generating {cfg.proposals_per_round} structures", self.progress):
-                metrics.update(self._generate(r, ctx))
+                fresh, gen_metrics, lines = self._generate(r, self._ctx(r), self._plan(r))
             timings["generate"] = time.perf_counter() - t
+            for line in lines:
+                self.echo(line)
+            self._commit_generated(r, fresh, {**metrics, **gen_metrics, **_timed(timings), "generated_ahead": 0.0})
+            stage = "generated"
+        if stage == "generated":
+            metrics.update(self.store.round_metrics().get(r, {}))
             t = time.perf_counter()
             with report.stage("featurizing new candidates", self.progress):
                 self._featurize()
             timings["featurize"] = time.perf_counter() - t
-            self.store.set_stage(r, "generated", {**metrics, **_timed(timings)})
-            stage = "generated"
-        if stage == "generated":
-            metrics.update(self.store.round_metrics().get(r, {}))
             t = time.perf_counter()
             with report.stage("fitting the surrogate and picking", self.progress):
                 metrics.update(self._select(r))
@@ -235,7 +253,11 @@ class Campaign:
             stage = "selected"
         else:
             metrics.update(self.store.round_metrics().get(r, {}))
+        ahead = None
         if stage == "selected":
+            # both run while the oracle relaxes this round's picks
+            ahead = self._generate_ahead(r + 1)
+            self._write_pending_record()
             t = time.perf_counter()
             results = self._evaluate(r)
             timings["oracle"] = time.perf_counter() - t
@@ -258,8 +280,8 @@ class Campaign:
         metrics.update(self._round_metrics(r, results))
         metrics.update(_timed(timings))
         t = time.perf_counter()
-        with report.stage("writing tables, CIFs and plots", self.progress):
-            report.write_round(self, r, metrics)
+        rows = report.ranked(self)
+        self._record(report.snapshot_round(self, r, metrics, rows), later=self.cfg.overlap)
         metrics["time_record_s"] = time.perf_counter() - t
         metrics["time_round_s"] = time.perf_counter() - t_round
         # MLflow before the 'done' mark, skipping a step it already holds: a kill between the
@@ -267,29 +289,77 @@ class Campaign:
         if self.tracker and r not in self.tracker.logged_steps("best_e_above_hull"):
             self.tracker.log_metrics(metrics, step=r)
         self.store.set_stage(r, "done", metrics)
-        report.print_round(self, r, metrics)
+        report.print_round(self, r, metrics, rows)
+        if ahead is not None:
+            t = time.perf_counter()
+            self._finish_ahead(r + 1, ahead)
+            waited = time.perf_counter() - t
+            if waited > 0.5:  # the lookahead outlasted the oracle: the round paid for the rest
+                self.echo(f"  waited {waited:.1f} s for round {r + 2}'s candidates")
         return RoundStats(r, metrics)
 
-    # -- stages ----------------------------------------------------------------------------
-    def _generate(self, r: int, ctx: RoundContext) -> dict[str, float]:
-        from xtalforge.loop.budget import load_bandit
-        from xtalforge.loop.executor import propose_parallel
+    # -- the record: files and artifacts of each round ---------------------------------------
+    def _record(self, rec: report.RoundRecord, later: bool) -> None:
+        """Write a round's files now, or (`later`) during the next round's oracle."""
+        self._write_pending_record(wait=True)
+        if later:
+            self._pending_record = rec
+            return
+        with report.stage("writing tables, CIFs and plots", self.progress):
+            self._write(rec)
 
-        # the split follows each generator's recent yield (Thompson sampling, floored shares);
-        # its own random stream keeps the proposals' streams what they were without it
+    def _write_pending_record(self, wait: bool = False) -> None:
+        """Start writing the held-back record in a thread (or, with `wait`, write it and wait)."""
+        rec, self._pending_record = self._pending_record, None
+        if self._writer is not None:
+            self._writer.result()  # _write never raises
+            self._writer = None
+        if rec is None:
+            return
+        if wait:
+            self._write(rec)
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"record-round-{rec.round}")
+        self._writer = pool.submit(self._write, rec)
+        pool.shutdown(wait=False)
+
+    def _write(self, rec: report.RoundRecord) -> None:
+        try:
+            report.write_record(rec, self.tracker)
+        except Exception as err:  # files are derived from the store: never worth a campaign
+            log.warning("writing round %d's files failed: %s: %s", rec.round + 1, type(err).__name__, err)
+
+    # -- stages ----------------------------------------------------------------------------
+    def _plan(self, r: int) -> tuple[dict[str, int], dict[str, float]]:
+        """Proposals per generator for round `r`, split by each generator's recent yield
+        (Thompson sampling, floored shares), with the shares as metrics."""
+        from xtalforge.loop.budget import load_bandit
+
         bandit = load_bandit(self.store, [g.name for g in self.generators],
                              {g.name: g.weight for g in self.cfg.generators}, self.cfg.hull.stable_threshold)
+        # its own random stream keeps the proposals' streams what they were without it
         shares = bandit.shares(np.random.default_rng([self.cfg.seed, r, 2]))
-        counts = bandit.split(self.cfg.proposals_per_round, shares)
-        metrics: dict[str, float] = bandit.share_metrics(shares)
+        return bandit.split(self.cfg.proposals_per_round, shares), bandit.share_metrics(shares)
+
+    def _generate(self, r: int, ctx: RoundContext,
+                  plan: tuple[dict[str, int], dict[str, float]]) -> tuple[list[Candidate], dict[str, float], list[str]]:
+        """Propose, filter and deduplicate round `r`'s candidates; returns them, their metrics
+        and a line per generator to show. Touches neither the store nor the campaign's
+        measurements, nor prints, so it may run in a thread beside the oracle's collection."""
+        from xtalforge.loop.executor import propose_parallel
+
+        counts, share_metrics = plan
+        metrics: dict[str, float] = dict(share_metrics)
         fresh: list[Candidate] = []
+        lines: list[str] = []
         for gen in self.generators:
             n = counts[gen.name]
             t = time.perf_counter()
             prepare = getattr(gen, "prepare", None)
             if prepare is not None:  # driver-side work (pre-training) before Ray tasks copy it
                 metrics.update({f"gen_{gen.name}_{k}": v for k, v in prepare(ctx).items()})
-            props = propose_parallel(gen, n, ctx, chunks=max(2, self.cfg.mlip.workers))
+            chunks = min(max(2, self.cfg.mlip.workers), n // self.cfg.ray.proposals_per_task)
+            props = propose_parallel(gen, n, ctx, chunks=chunks)
             for c in props:
                 c.round = r
             valid, _why = filter_valid(props, self.limits, self.cfg.elements)
@@ -299,7 +369,7 @@ class Campaign:
             metrics[f"valid_{gen.name}"] = len(valid)
             metrics[f"unique_{gen.name}"] = len(unique)
             metrics[f"time_generate_{gen.name}_s"] = time.perf_counter() - t
-            self.echo(f"  {gen.name}: {len(props)} proposed, {len(valid)} valid, {len(unique)} new")
+            lines.append(f"  {gen.name}: {len(props)} proposed, {len(valid)} valid, {len(unique)} new")
         if self.synth is not None and fresh:
             from xtalforge.synthesis.metrics import synth_metrics
 
@@ -309,22 +379,66 @@ class Campaign:
             for c, v in zip(fresh, p):
                 c.meta["p_synth"] = float(v)
             metrics.update(synth_metrics(p, self.cfg.synthesis.min_p_synth))
-        self.store.add_candidates(fresh)
         metrics["proposals"] = sum(metrics[f"proposals_{g.name}"] for g in self.generators)
         metrics["valid"] = sum(metrics[f"valid_{g.name}"] for g in self.generators)
         metrics["unique"] = len(fresh)
-        return metrics
+        return fresh, metrics, lines
+
+    def _commit_generated(self, r: int, fresh: list[Candidate], metrics: dict[str, float]) -> None:
+        """Round `r`'s candidates and its 'generated' mark, in one store transaction."""
+        self.store.add_generated(r, fresh, metrics)
+
+    def _generate_ahead(self, r: int) -> Future | None:
+        """Start generating round `r` in a thread, from what was known before round r-1's
+        results (so the result is the same whether or not the campaign was resumed meanwhile).
+        None when there is no round `r`, it was already generated, or overlap is off."""
+        if not self.cfg.overlap or r >= self.cfg.rounds or self.store.stages().get(r) is not None:
+            return None
+        ctx, plan = self._ctx(r, known_before=r - 1), self._plan(r)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-round-{r}")
+
+        def work() -> tuple[list[Candidate], dict[str, float], list[str], float, dict[str, np.ndarray]]:
+            t = time.perf_counter()
+            fresh, metrics, lines = self._generate(r, ctx, plan)
+            seconds = time.perf_counter() - t
+            # queued on the MLIP actors behind this round's relaxations: one that finishes
+            # early embeds them while the other still relaxes
+            return fresh, metrics, lines, seconds, self._features(fresh) if fresh else {}
+
+        fut = pool.submit(work)
+        pool.shutdown(wait=False)
+        return fut
+
+    def _finish_ahead(self, r: int, fut: Future) -> None:
+        """Commit round `r`'s candidates generated during the previous round's oracle."""
+        try:
+            fresh, metrics, lines, seconds, feats = fut.result()
+        except Exception as err:  # generating again at the round's start costs time, not results
+            log.warning("generating round %d ahead failed (%s: %s); it will generate when it starts",
+                        r + 1, type(err).__name__, err)
+            self.dedup = Deduplicator(self.store.candidates())  # forget what was never stored
+            return
+        self.echo(f"  round {r + 1}, generated while the oracle ran:")
+        for line in lines:
+            self.echo(line)
+        self._commit_generated(r, fresh, {**metrics, "time_generate_s": seconds, "generated_ahead": 1.0})
+        self.store.set_features(feats)  # a kill before this only means featurizing them again
 
     def _featurize(self) -> None:
-        todo = [c for c in self.store.candidates() if c.id not in self.store.features([c.id])]
-        if not todo:
-            return
+        """Features of every stored candidate that has none yet."""
+        cands = self.store.candidates()
+        have = self.store.features([c.id for c in cands])
+        todo = [c for c in cands if c.id not in have]
+        if todo:
+            self.store.set_features(self._features(todo))
+
+    def _features(self, cands: list[Candidate]) -> dict[str, np.ndarray]:
         from xtalforge.oracles.descriptors import featurize
 
         # the default "chgnet+composition" embeds on the MLIP actors (one model load each)
-        X = featurize(self.cfg.acquisition.featurizer, [c.structure for c in todo], self.cfg.elements,
+        X = featurize(self.cfg.acquisition.featurizer, [c.structure for c in cands], self.cfg.elements,
                       embed=self.oracle.embed)
-        self.store.set_features({c.id: X[i] for i, c in enumerate(todo)})
+        return {c.id: X[i] for i, c in enumerate(cands)}
 
     def _training_data(self, feats: dict[str, np.ndarray]) -> dict:
         """{quantity: OutcomeData} for every objective and constraint an oracle has measured:
@@ -696,6 +810,7 @@ class Campaign:
         return out
 
     def _final_report(self) -> None:
+        self._write_pending_record()  # the last round's files, beside the final report
         self._load_predictions()
         paths = report.write_final(self, routes=self._synthesis_routes())
         report.print_final(self, paths)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import copy
 import os
 
 import numpy as np
@@ -38,15 +39,21 @@ def _propose(gen: Generator, n: int, ctx: RoundContext) -> list[Candidate]:
 
 
 def propose_parallel(gen: Generator, n: int, ctx: RoundContext, chunks: int) -> list[Candidate]:
-    """Split `n` proposals over `chunks` Ray tasks, each with its own random stream."""
+    """Split `n` proposals over `chunks` Ray tasks, each with its own random stream. One chunk
+    runs here, in this process, on a copy of `gen`: the same result as one task, without the
+    seconds a fresh Ray worker spends starting up."""
     chunks = max(1, min(chunks, n))
     sizes = [n // chunks + (1 if i < n % chunks else 0) for i in range(chunks)]
     seeds = ctx.rng.integers(2**31, size=chunks)
-    refs = []
-    for size, seed in zip(sizes, seeds):
-        sub = RoundContext(round=ctx.round, elements=ctx.elements, max_atoms=ctx.max_atoms,
-                           rng=np.random.default_rng(int(seed)), history=ctx.history)
-        refs.append(_propose.remote(gen, size, sub))
+    subs = [RoundContext(round=ctx.round, elements=ctx.elements, max_atoms=ctx.max_atoms,
+                         rng=np.random.default_rng(int(seed)), history=ctx.history) for seed in seeds]
+    if chunks == 1:
+        try:  # on a copy, as a task would get: proposing must not change the campaign's generator
+            return copy.deepcopy(gen).propose(sizes[0], subs[0])
+        except Exception as err:  # as a failed task: it costs its proposals, not the round
+            log.warning("%s: proposing failed: %s: %s", gen.name, type(err).__name__, err)
+            return []
+    refs = [_propose.remote(gen, size, sub) for size, sub in zip(sizes, subs)]
     out: list[Candidate] = []
     for ref in refs:
         try:

@@ -13,7 +13,8 @@ import io
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from xtalforge.types import Status
 
 if TYPE_CHECKING:
     from xtalforge.loop.campaign import Campaign
+    from xtalforge.loop.tracking import Tracker
 
 # plot file stem -> MLflow image key; the keys are part of the dashboard's contract
 PLOTS = {
@@ -150,30 +152,41 @@ def _write_cifs(rows: list[dict], folder: Path, k: int) -> list[Path]:
 
 
 def write_plots(c: Campaign, rows: list[dict], folder: Path) -> dict[str, Path]:
-    """The four dashboard plots from the campaign's current state, as PNGs in `folder`.
+    """The four dashboard plots from the campaign's current state, as PNGs in `folder`."""
+    return render_plots(plot_inputs(c, rows), folder)
 
-    A plot that fails is replaced by a figure naming the error: a figure must never stop a
-    campaign, and a missing image in the dashboard would hide that something went wrong."""
+
+def plot_inputs(c: Campaign, rows: list[dict]) -> dict[str, Callable[[Path], Path]]:
+    """One drawing job per dashboard plot, holding copies of the data it draws: the jobs read
+    nothing from the campaign, so they can run in a thread while the campaign moves on."""
     thr = c.cfg.hull.stable_threshold
-    out: dict[str, Path] = {}
     order = list(c.measured)  # insertion order: the order results landed
     by_id = {d["id"]: d for d in rows}
     seq = [by_id[i] for i in order if i in by_id]
     ok = [d for d in rows if d["status"] == "ok"]
     predicted = [d for d in ok if math.isfinite(d["pred_e_above_hull"])]
     title = f"{c.cfg.chemsys}: {sum(d['hit'] for d in rows)} hits in {len(rows)} oracle calls"
-    jobs = {
-        "discovery_curve": lambda p: plots.discovery_curve(
-            p, [d["e_above_hull"] if d["status"] == "ok" else float("nan") for d in seq],
-            [d["hit"] for d in seq], [d["evaluated_round"] for d in seq], thr, title),
-        "convex_hull": lambda p: plots.hull_plot(
-            p, c.hull.phase_diagram, c.hull.campaign, c.hull.all_e_above_hull(), thr,
-            title=f"Convex hull of {c.cfg.chemsys} (MP elements + this campaign)"),
-        "pareto_front": lambda p: _pareto(c, p, ok),
-        "surrogate_parity": lambda p: plots.parity_plot(
-            p, [d["e_above_hull"] for d in predicted], [d["pred_e_above_hull"] for d in predicted],
-            [d["pred_e_above_hull_std"] for d in predicted], [d["evaluated_round"] for d in predicted]),
+    curve = ([d["e_above_hull"] if d["status"] == "ok" else float("nan") for d in seq],
+             [d["hit"] for d in seq], [d["evaluated_round"] for d in seq])
+    # the hull replaces (never edits) its PhaseDiagram when an entry arrives: a reference is a snapshot
+    hull = (c.hull.phase_diagram, dict(c.hull.campaign), c.hull.all_e_above_hull())
+    hull_title = f"Convex hull of {c.cfg.chemsys} (MP elements + this campaign)"
+    pareto_args, pareto_kw = _pareto_inputs(c, ok)
+    parity = ([d["e_above_hull"] for d in predicted], [d["pred_e_above_hull"] for d in predicted],
+              [d["pred_e_above_hull_std"] for d in predicted], [d["evaluated_round"] for d in predicted])
+    return {
+        "discovery_curve": lambda p: plots.discovery_curve(p, *curve, thr, title),
+        "convex_hull": lambda p: plots.hull_plot(p, *hull, thr, title=hull_title),
+        "pareto_front": lambda p: plots.pareto_plot(p, *pareto_args, **pareto_kw),
+        "surrogate_parity": lambda p: plots.parity_plot(p, *parity),
     }
+
+
+def render_plots(jobs: dict[str, Callable[[Path], Path]], folder: Path) -> dict[str, Path]:
+    """Draw each job to `folder`/<name>.png. A plot that fails is replaced by a figure naming the
+    error: a figure must never stop a campaign, and a missing image in the dashboard would
+    hide that something went wrong."""
+    out: dict[str, Path] = {}
     for name, job in jobs.items():
         path = folder / f"{name}.png"
         try:
@@ -183,9 +196,10 @@ def write_plots(c: Campaign, rows: list[dict], folder: Path) -> dict[str, Path]:
     return out
 
 
-def _pareto(c: Campaign, path: Path, ok: list[dict]) -> Path:
-    """The front of the campaign's objectives (see Campaign._objectives); with one objective
-    and no synthesizability scores, e_above_hull against density so the plot still informs."""
+def _pareto_inputs(c: Campaign, ok: list[dict]) -> tuple[tuple, dict]:
+    """Arguments of plots.pareto_plot for the front of the campaign's objectives (see
+    Campaign._objectives); with one objective and no synthesizability scores, e_above_hull
+    against density so the plot still informs."""
     names, minimize = c._objectives()
     table = c._objective_values(names, c.hull.all_e_above_hull())
     formula = {d["id"]: d["formula"] for d in ok}
@@ -193,28 +207,56 @@ def _pareto(c: Campaign, path: Path, ok: list[dict]) -> Path:
         ids = list(table)
         cols = np.array([table[i] for i in ids])
         unit = {"e_above_hull": " (eV/atom)"}
-        return plots.pareto_plot(path, cols[:, 0], cols[:, 1], [formula.get(i, "") for i in ids],
-                                 names[0] + unit.get(names[0], ""), names[1] + unit.get(names[1], ""),
-                                 maximize_x=not minimize[0], maximize_y=not minimize[1])
-    return plots.pareto_plot(path, [d["e_above_hull"] for d in ok], [d["density"] for d in ok],
-                             [d["formula"] for d in ok], y_label="density (g/cm³)",
-                             title="e_above_hull vs density (one objective, no synthesizability scores)")
+        return ((cols[:, 0], cols[:, 1], [formula.get(i, "") for i in ids],
+                 names[0] + unit.get(names[0], ""), names[1] + unit.get(names[1], "")),
+                {"maximize_x": not minimize[0], "maximize_y": not minimize[1]})
+    return (([d["e_above_hull"] for d in ok], [d["density"] for d in ok], [d["formula"] for d in ok]),
+            {"y_label": "density (g/cm³)",
+             "title": "e_above_hull vs density (one objective, no synthesizability scores)"})
+
+
+@dataclass
+class RoundRecord:
+    """Everything a round's files and MLflow artifacts are made of, copied out of the campaign
+    at the end of the round, so that writing them can overlap the next round."""
+
+    round: int
+    folder: Path
+    rows: list[dict]
+    top_k: int
+    plots: dict[str, Callable[[Path], Path]]
+    description: str
+    config: Path | None
+
+
+def snapshot_round(c: Campaign, r: int, metrics: dict, rows: list[dict] | None = None) -> RoundRecord:
+    """The round's record, from the campaign as it stands (cheap: no file is written)."""
+    rows = ranked(c) if rows is None else rows
+    config = c.run_dir / "config.yaml"
+    return RoundRecord(r, c.run_dir / "rounds" / f"round_{r:03d}", rows, c.cfg.tracking.top_k,
+                       plot_inputs(c, rows), run_description(c, r, metrics, rows),
+                       config if config.is_file() else None)
+
+
+def write_record(rec: RoundRecord, tracker: Tracker | None) -> None:
+    """The round's candidates.csv, top CIFs and plots in rounds/round_NNN/, copied to MLflow
+    with the plots as images at the round's step."""
+    rec.folder.mkdir(parents=True, exist_ok=True)
+    _write_csv(rec.rows, rec.folder / "candidates.csv")
+    _write_cifs(rec.rows, rec.folder / "cifs", rec.top_k)
+    figs = render_plots(rec.plots, rec.folder / "plots")
+    if tracker is not None:
+        tracker.log_artifacts(rec.folder, f"rounds/round_{rec.round:03d}")
+        if rec.config is not None:
+            tracker.log_artifact(rec.config)
+        for name, path in figs.items():
+            tracker.log_image(path, key=PLOTS[name], step=rec.round)
+        tracker.set_description(rec.description)
 
 
 def write_round(c: Campaign, r: int, metrics: dict) -> None:
-    rows = ranked(c)
-    folder = c.run_dir / "rounds" / f"round_{r:03d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_csv(rows, folder / "candidates.csv")
-    _write_cifs(rows, folder / "cifs", c.cfg.tracking.top_k)
-    figs = write_plots(c, rows, folder / "plots")
-    if c.tracker is not None:
-        c.tracker.log_artifacts(folder, f"rounds/round_{r:03d}")
-        if (c.run_dir / "config.yaml").is_file():
-            c.tracker.log_artifact(c.run_dir / "config.yaml")
-        for name, path in figs.items():
-            c.tracker.log_image(path, key=PLOTS[name], step=r)
-        c.tracker.set_description(run_description(c, r, metrics, rows))
+    """snapshot_round then write_record, in this thread."""
+    write_record(snapshot_round(c, r, metrics), c.tracker)
 
 
 def run_description(c: Campaign, r: int, m: dict, rows: list[dict]) -> str:
@@ -235,7 +277,7 @@ def _fmt(v: float, spec: str = ".3f") -> str:
     return "—" if v is None or not math.isfinite(float(v)) else format(float(v), spec)
 
 
-def print_round(c: Campaign, r: int, m: dict) -> None:
+def print_round(c: Campaign, r: int, m: dict, rows: list[dict] | None = None) -> None:
     """A one-screen summary of the round: per generator, then results, surrogate and timings."""
     from rich.console import Console
     from rich.table import Table
@@ -243,7 +285,7 @@ def print_round(c: Campaign, r: int, m: dict) -> None:
     t = Table(title=f"round {r + 1}/{c.cfg.rounds} · {c.cfg.chemsys}", title_justify="left")
     for col in ("generator", "proposed", "valid", "unique", "novel", "evaluated", "hits so far"):
         t.add_column(col, justify="left" if col == "generator" else "right")
-    rows = {d["id"]: d for d in ranked(c)}
+    rows = {d["id"]: d for d in (ranked(c) if rows is None else rows)}
     for g in c.generators:
         mine = [d for d in rows.values() if d["source"] == g.name]
         t.add_row(g.name, *(str(int(m.get(f"{k}_{g.name}", 0))) for k in ("proposals", "valid", "unique", "novel")),

@@ -160,31 +160,43 @@ class CampaignStore:
         """Insert the candidates not already stored; returns how many were new."""
         if not cands:
             return 0
-        now = time.time()
         with self.engine.begin() as c:
-            have = {
-                r[0]
-                for r in c.execute(
-                    select(candidates.c.id).where(candidates.c.id.in_([x.id for x in cands]))
-                )
-            }
-            rows, seen = [], set(have)
-            for x in cands:
-                if x.id in seen:
-                    continue
-                seen.add(x.id)
-                rows.append(dict(
-                    id=x.id,
-                    round=x.round,
-                    source=x.source,
-                    formula=x.formula,
-                    parents=json.dumps(x.parents),
-                    structure=x.structure.to_json(),
-                    meta=json.dumps(x.meta, default=float),
-                    at=now,
-                ))
-            if rows:
-                c.execute(insert(candidates), rows)
+            return self._insert_candidates(c, cands)
+
+    def add_generated(self, round: int, cands: Sequence[Candidate], metrics: dict) -> int:
+        """Round `round`'s new candidates and its 'generated' mark in one transaction: a kill
+        leaves either both or neither. Returns how many candidates were new."""
+        with self.engine.begin() as c:
+            n = self._insert_candidates(c, cands) if cands else 0
+            self._set_stage(c, round, "generated", metrics)
+        return n
+
+    @staticmethod
+    def _insert_candidates(c: Any, cands: Sequence[Candidate]) -> int:
+        now = time.time()
+        have = {
+            r[0]
+            for r in c.execute(
+                select(candidates.c.id).where(candidates.c.id.in_([x.id for x in cands]))
+            )
+        }
+        rows, seen = [], set(have)
+        for x in cands:
+            if x.id in seen:
+                continue
+            seen.add(x.id)
+            rows.append(dict(
+                id=x.id,
+                round=x.round,
+                source=x.source,
+                formula=x.formula,
+                parents=json.dumps(x.parents),
+                structure=x.structure.to_json(),
+                meta=json.dumps(x.meta, default=float),
+                at=now,
+            ))
+        if rows:
+            c.execute(insert(candidates), rows)
         return len(rows)
 
     def set_features(self, feats: dict[str, np.ndarray]) -> None:
@@ -311,14 +323,18 @@ class CampaignStore:
         with self.engine.begin() as c:
             for name, state in (states or {}).items():
                 self._put_state(c, name, round, state)
-            row = c.execute(select(rounds.c.round).where(rounds.c.round == round)).first()
-            vals = dict(stage=stage, at=time.time())
-            if metrics is not None:
-                vals["metrics"] = json.dumps(metrics, default=float)
-            if row:
-                c.execute(update(rounds).where(rounds.c.round == round).values(**vals))
-            else:
-                c.execute(insert(rounds).values(round=round, **vals))
+            self._set_stage(c, round, stage, metrics)
+
+    @staticmethod
+    def _set_stage(c: Any, round: int, stage: str, metrics: dict | None) -> None:
+        row = c.execute(select(rounds.c.round).where(rounds.c.round == round)).first()
+        vals = dict(stage=stage, at=time.time())
+        if metrics is not None:
+            vals["metrics"] = json.dumps(metrics, default=float)
+        if row:
+            c.execute(update(rounds).where(rounds.c.round == round).values(**vals))
+        else:
+            c.execute(insert(rounds).values(round=round, **vals))
 
     def stages(self) -> dict[int, str]:
         with self.engine.connect() as c:

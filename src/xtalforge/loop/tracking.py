@@ -53,7 +53,9 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("time_generate_{gen}_s", "s", EVERY, "wall time of this generator's proposals and filters"),
     MetricSpec("budget_share_{gen}", "fraction", EVERY,
                "share of this round's proposals the generator got (Thompson-sampled from its hit rate)"),
-    MetricSpec("budget_posterior_{gen}", "fraction", UPDATED, "posterior mean hit rate of the generator"),
+    MetricSpec("budget_posterior_{gen}", "fraction", UPDATED,
+               "posterior mean of (hit rate of its picks) x (share of its proposals that were new): "
+               "expected hits per proposal, the yield the budget split follows"),
     MetricSpec("proposals", "count", EVERY, "sum of proposals_{gen}"),
     MetricSpec("valid", "count", EVERY, "sum of valid_{gen}"),
     MetricSpec("unique", "count", EVERY, "sum of unique_{gen}: new candidates stored this round"),
@@ -103,12 +105,19 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
     # generators' own learning
     MetricSpec("gen_{gen}_{key}", "varies", GENERATOR, "what Generator.update returns (weights, success rates)"),
     # time per stage and use of the oracle
-    MetricSpec("time_generate_s", "s", EVERY, "propose, filter and deduplicate, all generators"),
+    MetricSpec("time_generate_s", "s", EVERY,
+               "propose, filter and deduplicate, all generators (when generated_ahead is 1, this ran "
+               "during the previous round's oracle and is not part of this round's time_round_s)"),
+    MetricSpec("generated_ahead", "flag", EVERY,
+               "1 when this round's candidates were generated while the previous round's oracle ran "
+               "(config `overlap`); they learned from the results of all rounds but the previous one"),
     MetricSpec("time_featurize_s", "s", EVERY, "embeddings of new candidates"),
     MetricSpec("time_acquire_s", "s", EVERY, "surrogate fit and acquisition"),
     MetricSpec("time_oracle_s", "s", EVERY, "wall time until every pick of the round came back"),
     MetricSpec("time_update_s", "s", EVERY, "generator updates"),
-    MetricSpec("time_record_s", "s", EVERY, "tables, CIFs, plots and artifact upload"),
+    MetricSpec("time_record_s", "s", EVERY,
+               "tables, CIFs, plots and artifact upload; with `overlap`, only gathering their data, "
+               "the files are written while the next round's oracle runs"),
     MetricSpec("time_round_s", "s", EVERY, "the whole round, as run in this process"),
     MetricSpec("oracle_utilization", "fraction", EVERY,
                "MLIP workers' busy time / (time_oracle_s x workers)"),

@@ -427,6 +427,16 @@ def _rbf(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 
 # -- the single-outcome API the walking skeleton used; kept for callers that want one GP --------
+def warm_up() -> None:
+    """Fit a throw-away GP on 8 random points: the first fit in a process pays ~1 s of imports
+    and first calls (BoTorch, GPyTorch, linear_operator), which a campaign would rather pay in
+    a thread while its first round runs than when its second round picks."""
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_gp(rng.random((8, 4)), rng.random(8))
+
+
 def fit_gp(X: np.ndarray, y: np.ndarray, state: dict | None = None, **kw):
     """Fit a single GP to maximize y. Returns (Surrogate, FitReport); `state` is a previous
     `Surrogate.state_dict()` (warm start)."""
