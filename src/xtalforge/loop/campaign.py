@@ -7,6 +7,7 @@ crash comes back from the store, so `Campaign.open(run_dir).run()` resumes where
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,15 @@ from xtalforge.types import Candidate, Measurement, RoundContext, Status
 
 log = logging.getLogger(__name__)
 ORACLE = "mlip"
+
+
+def _yield_to_the_oracle() -> None:
+    """Lower this thread's CPU priority (Linux: nice is per thread): work overlapped with the
+    oracle should use the cores the MLIP workers leave idle, not slow the relaxations down."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        pass
 
 
 def _timed(timings: dict[str, float]) -> dict[str, float]:
@@ -135,7 +145,8 @@ class Campaign:
         if cfg.acquisition.kind != "random":
             from xtalforge.oracles.surrogate import warm_up
 
-            threading.Thread(target=warm_up, name="surrogate-warm-up", daemon=True).start()
+            threading.Thread(target=lambda: (_yield_to_the_oracle(), warm_up()), name="surrogate-warm-up",
+                             daemon=True).start()
         self._owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
         m = cfg.mlip
         self.oracle = MLIPOracle(self.hull, workers=m.workers, fmax=m.fmax, max_steps=m.max_steps,
@@ -324,6 +335,7 @@ class Campaign:
         pool.shutdown(wait=False)
 
     def _write(self, rec: report.RoundRecord) -> None:
+        _yield_to_the_oracle()
         try:
             report.write_record(rec, self.tracker)
         except Exception as err:  # files are derived from the store: never worth a campaign
@@ -398,6 +410,7 @@ class Campaign:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-round-{r}")
 
         def work() -> tuple[list[Candidate], dict[str, float], list[str], float, dict[str, np.ndarray]]:
+            _yield_to_the_oracle()
             t = time.perf_counter()
             fresh, metrics, lines = self._generate(r, ctx, plan)
             seconds = time.perf_counter() - t
