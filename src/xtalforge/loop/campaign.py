@@ -74,6 +74,7 @@ class Campaign:
         self._pending_states: dict[str, dict] = {}
         self._pending_record: report.RoundRecord | None = None  # written during the next oracle
         self._writer: Future | None = None
+        self._ray_ready = threading.Event()  # generation started before Ray waits on it for tasks
         self.lab_oracle = None  # lab: the LabOracle, built on first use (issue #8)
 
     # -- construction ----------------------------------------------------------------------
@@ -148,6 +149,7 @@ class Campaign:
             threading.Thread(target=lambda: (_yield_to_the_oracle(), warm_up()), name="surrogate-warm-up",
                              daemon=True).start()
         self._owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
+        self._ray_ready.set()
         m = cfg.mlip
         self.oracle = MLIPOracle(self.hull, workers=m.workers, fmax=m.fmax, max_steps=m.max_steps,
                                  relax_cell=m.relax_cell, timeout_s=m.timeout_s,
@@ -196,8 +198,11 @@ class Campaign:
         done: list[RoundStats] = []
         try:
             self._build()
-            self._start_services()
             stages = self.store.stages()
+            todo = [r for r in range(self.cfg.rounds) if stages.get(r) != "done"]
+            # the first round's candidates, while Ray starts and the MLIP workers load their model
+            startup = self._generate_ahead(todo[0], known_before=None, embed=False) if todo else None
+            self._start_services()
             for r in range(self.cfg.rounds):
                 if stages.get(r) == "done":
                     continue
@@ -206,7 +211,7 @@ class Campaign:
                     self.echo(f"stopped after round {r}; continue with: xtalforge resume {self.run_dir}")
                     return done
                 # read afresh: the previous round may have generated this one ahead
-                done.append(self._round(r, self.store.stages().get(r)))
+                done.append(self._round(r, self.store.stages().get(r), startup if todo and r == todo[0] else None))
             self._final_report()
             status = "FINISHED"
             return done
@@ -229,7 +234,7 @@ class Campaign:
         return RoundContext(round=r, elements=self.cfg.elements, max_atoms=self.cfg.max_atoms,
                             rng=np.random.default_rng([self.cfg.seed, r]), history=hist)
 
-    def _round(self, r: int, stage: str | None) -> RoundStats:
+    def _round(self, r: int, stage: str | None, pregenerated: Future | None = None) -> RoundStats:
         """One round, resumable at each stage boundary.
 
         Stages: (none) -> generated -> selected -> updated -> done. Each boundary is one store
@@ -240,6 +245,8 @@ class Campaign:
         self._load_predictions()
         self.echo(f"── round {r + 1}/{cfg.rounds} ──")
         metrics.update(self._lab_collect(r))  # lab: results that came in, before the surrogate fit
+        if stage is None and pregenerated is not None and self._finish_ahead(r, pregenerated, "while the campaign started"):
+            stage = "generated"
         if stage is None:
             t = time.perf_counter()
             with report.stage(f"generating {cfg.proposals_per_round} structures", self.progress):
@@ -251,6 +258,8 @@ class Campaign:
             stage = "generated"
         if stage == "generated":
             metrics.update(self.store.round_metrics().get(r, {}))
+            # the embeddings need the MLIP workers: a first round waits here for their model
+            timings["oracle_startup"] = self.oracle.wait_ready()
             t = time.perf_counter()
             with report.stage("featurizing new candidates", self.progress):
                 self._featurize()
@@ -267,7 +276,7 @@ class Campaign:
         ahead = None
         if stage == "selected":
             # both run while the oracle relaxes this round's picks
-            ahead = self._generate_ahead(r + 1)
+            ahead = self._generate_ahead(r + 1, known_before=r)
             self._write_pending_record()
             t = time.perf_counter()
             results = self._evaluate(r)
@@ -371,6 +380,8 @@ class Campaign:
             if prepare is not None:  # driver-side work (pre-training) before Ray tasks copy it
                 metrics.update({f"gen_{gen.name}_{k}": v for k, v in prepare(ctx).items()})
             chunks = min(max(2, self.cfg.mlip.workers), n // self.cfg.ray.proposals_per_task)
+            if chunks > 1 and not self._ray_ready.wait(timeout=300):
+                raise RuntimeError("Ray did not start within 300 s")
             props = propose_parallel(gen, n, ctx, chunks=chunks)
             for c in props:
                 c.round = r
@@ -400,13 +411,14 @@ class Campaign:
         """Round `r`'s candidates and its 'generated' mark, in one store transaction."""
         self.store.add_generated(r, fresh, metrics)
 
-    def _generate_ahead(self, r: int) -> Future | None:
-        """Start generating round `r` in a thread, from what was known before round r-1's
-        results (so the result is the same whether or not the campaign was resumed meanwhile).
-        None when there is no round `r`, it was already generated, or overlap is off."""
+    def _generate_ahead(self, r: int, known_before: int | None, embed: bool = True) -> Future | None:
+        """Start generating round `r` in a thread, from the results of rounds before
+        `known_before` (None: all), so that what it proposes does not depend on how many of the
+        current round's results came in before a resume. With `embed`, the MLIP workers embed the
+        candidates too. None when there is no round `r`, it was already generated, or overlap is off."""
         if not self.cfg.overlap or r >= self.cfg.rounds or self.store.stages().get(r) is not None:
             return None
-        ctx, plan = self._ctx(r, known_before=r - 1), self._plan(r)
+        ctx, plan = self._ctx(r, known_before=known_before), self._plan(r)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-round-{r}")
 
         def work() -> tuple[list[Candidate], dict[str, float], list[str], float, dict[str, np.ndarray]]:
@@ -416,26 +428,27 @@ class Campaign:
             seconds = time.perf_counter() - t
             # queued on the MLIP actors behind this round's relaxations: one that finishes
             # early embeds them while the other still relaxes
-            return fresh, metrics, lines, seconds, self._features(fresh) if fresh else {}
+            return fresh, metrics, lines, seconds, self._features(fresh) if fresh and embed else {}
 
         fut = pool.submit(work)
         pool.shutdown(wait=False)
         return fut
 
-    def _finish_ahead(self, r: int, fut: Future) -> None:
-        """Commit round `r`'s candidates generated during the previous round's oracle."""
+    def _finish_ahead(self, r: int, fut: Future, during: str = "while the oracle ran") -> bool:
+        """Commit round `r`'s candidates generated ahead of it; False if that failed."""
         try:
             fresh, metrics, lines, seconds, feats = fut.result()
         except Exception as err:  # generating again at the round's start costs time, not results
             log.warning("generating round %d ahead failed (%s: %s); it will generate when it starts",
                         r + 1, type(err).__name__, err)
             self.dedup = Deduplicator(self.store.candidates())  # forget what was never stored
-            return
-        self.echo(f"  round {r + 1}, generated while the oracle ran:")
+            return False
+        self.echo(f"  round {r + 1}, generated {during}:")
         for line in lines:
             self.echo(line)
         self._commit_generated(r, fresh, {**metrics, "time_generate_s": seconds, "generated_ahead": 1.0})
         self.store.set_features(feats)  # a kill before this only means featurizing them again
+        return True
 
     def _featurize(self) -> None:
         """Features of every stored candidate that has none yet."""

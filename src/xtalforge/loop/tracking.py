@@ -107,13 +107,17 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
     # time per stage and use of the oracle
     MetricSpec("time_generate_s", "s", EVERY,
                "propose, filter and deduplicate, all generators (when generated_ahead is 1, this ran "
-               "during the previous round's oracle and is not part of this round's time_round_s)"),
+               "ahead of the round and is not part of its time_round_s)"),
     MetricSpec("generated_ahead", "flag", EVERY,
-               "1 when this round's candidates were generated while the previous round's oracle ran "
-               "(config `overlap`); they learned from the results of all rounds but the previous one"),
+               "1 when this round's candidates were generated ahead of it (config `overlap`): while "
+               "the previous round's oracle ran, learning from all rounds but that one, or, for the "
+               "first round, while the campaign started"),
     MetricSpec("time_featurize_s", "s", EVERY, "embeddings of new candidates"),
     MetricSpec("time_acquire_s", "s", EVERY, "surrogate fit and acquisition"),
     MetricSpec("time_oracle_s", "s", EVERY, "wall time until every pick of the round came back"),
+    MetricSpec("time_oracle_startup_s", "s", EVERY,
+               "time the round waited for MLIP workers still loading their model (the first round, "
+               "or after a worker was replaced) before it could embed candidates"),
     MetricSpec("time_update_s", "s", EVERY, "generator updates"),
     MetricSpec("time_record_s", "s", EVERY,
                "tables, CIFs, plots and artifact upload; with `overlap`, only gathering their data, "

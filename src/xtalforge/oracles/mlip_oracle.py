@@ -132,6 +132,16 @@ class MLIPOracle:
         self.queue: deque[_Job] = deque()
         self.busy_s = 0.0
 
+    def wait_ready(self, timeout_s: float = 600.0) -> float:
+        """Block until every worker still loading its model is done (or has failed: `collect`
+        deals with that); returns the seconds waited. Lets a caller tell the oracle's start-up
+        apart from its own work."""
+        t = time.time()
+        refs = list(self.loading.values())
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        return time.time() - t
+
     # -- pool management -------------------------------------------------------------------
     def _new_actor(self):
         gpus = ray.cluster_resources().get("GPU", 0) if self.device == "cuda" else 0
