@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--out", type=Path, default=None, help="keep run folders here (default: a temp dir)")
     ap.add_argument("--reuse", action="store_true",
                     help="score the finished runs already in --out instead of running them again")
-    ap.add_argument("--stable-tol", type=float, default=0.002,
+    ap.add_argument("--stable-tol", type=float, default=0.001,
                     help="eV/atom above the pooled hull that still counts as on it: copies of one polymorph "
                          "relaxed in different runs (FIRE to fmax 0.1 eV/Å) land within ~1 meV/atom of each other, "
                          "and without a tolerance only the copy that happened to relax lowest would count")
