@@ -292,14 +292,17 @@ def print_round(c: Campaign, r: int, m: dict, rows: list[dict] | None = None) ->
                   str(sum(d["evaluated_round"] == r for d in mine)), str(sum(d["hit"] for d in mine)))
     t.add_row("[b]all[/b]", *(str(int(m.get(k, 0))) for k in ("proposals", "valid", "unique", "novel")),
               str(int(m.get("evaluations_mlip", 0))), str(int(m.get("sun_count", 0))))
-    stages = ("generate", "featurize", "acquire", "oracle", "update", "record")
+    stages = ("generate", "oracle_startup", "featurize", "acquire", "oracle", "update", "record")
     lines = [
         f"best e_above_hull {_fmt(m.get('best_e_above_hull'), '+.3f')} eV/atom · hits {int(m.get('sun_count', 0))} "
         f"({_fmt(m.get('sun_rate'), '.1%')} of {int(m.get('evaluations_total', 0))} calls) · "
         f"failed {int(m.get('failed_mlip', 0))} · oracle use {_fmt(m.get('oracle_utilization'), '.0%')}",
         f"surrogate MAE {_fmt(m.get('surrogate_mae_last_round'))} eV/atom, within 1σ "
         f"{_fmt(m.get('surrogate_within_1sigma'), '.0%')} · pool {int(m.get('pool_size', 0))}",
-        "time (s): " + " · ".join(f"{s} {_fmt(m.get(f'time_{s}_s'), '.1f')}" for s in stages)
+        "time (s): " + " · ".join(f"{s.replace('oracle_', '')} {_fmt(m.get(f'time_{s}_s'), '.1f')}"
+                                  + (" (ahead)" if s == "generate" and m.get("generated_ahead") else "")
+                                  for s in stages
+                                  if s in ("generate", "oracle") or (m.get(f"time_{s}_s") or 0.0) >= 0.05)
         + f" · round {_fmt(m.get('time_round_s'), '.0f')}",
     ]
     buf = io.StringIO()
