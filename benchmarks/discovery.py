@@ -43,6 +43,8 @@ from xtalforge.loop.store import CampaignStore  # noqa: E402
 from xtalforge.oracles.hull import Hull, mp2020_entry  # noqa: E402
 from xtalforge.types import Candidate, Status  # noqa: E402
 
+from round_time import share  # noqa: E402  (benchmarks/, beside this script)
+
 SEARCH_GENERATORS = [g for g in ("random_symmetric", "substitution", "evolutionary") if g in REGISTRY]
 
 
@@ -104,14 +106,14 @@ def main(argv: list[str] | None = None) -> float:
     out = a.out or Path(tempfile.mkdtemp(prefix="xf-discovery-"))
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[tuple[str, int], Path] = {}
-    timings: dict[str, list[dict]] = {m: [] for m in methods}
+    timings: dict[str, list[list[dict]]] = {m: [] for m in methods}  # per run, per round
     for seed in range(a.seeds):
         for m in methods:
             done = out / "runs" / f"{m}-s{seed}"
             if a.reuse and (done / "store.db").is_file():
                 st = CampaignStore(f"sqlite:///{done / 'store.db'}")
                 runs[(m, seed)] = done
-                timings[m].extend(st.round_metrics().values())
+                timings[m].append(list(st.round_metrics().values()))
                 st.close()
                 continue
             start_ray(num_cpus=2)
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> float:
             stats = camp.run()
             runs[(m, seed)] = camp.run_dir
             wall = time.perf_counter() - t0
-            timings[m].extend(s.metrics for s in stats)
+            timings[m].append([s.metrics for s in stats])
             print(f"# {m:9s} seed {seed}: {wall:6.0f} s", file=sys.stderr, flush=True)
 
     # pool every method's relaxed structures into one hull
@@ -177,20 +179,14 @@ def main(argv: list[str] | None = None) -> float:
 
     print("\nTime per round by stage (loop), seconds, mean over rounds and seeds "
           "(with overlap, generate ran during the previous round's oracle, except in round 1):")
-    if "loop" in timings and timings["loop"]:
-        keys = sorted({k for d in timings["loop"] for k in d if k.startswith("time_") and k.count("_") == 2})
-        tot = {k: float(np.mean([d.get(k, 0.0) for d in timings["loop"]])) for k in keys}
-        for k, v in tot.items():
-            print(f"  {k:22s} {v:7.2f}")
-
-        def share(ms: list[dict]) -> float:  # time_round_s is each round's wall time
-            total = sum(d["time_round_s"] for d in ms)
-            return 100.0 * (1.0 - sum(d.get("time_oracle_s", 0.0) for d in ms) / total)
-
-        first = [d for i, d in enumerate(timings["loop"]) if i % max(1, a.relaxations // a.batch) == 0]
-        later = [d for d in timings["loop"] if not any(d is f for f in first)]
-        print(f"  non-oracle share of round time: {share(timings['loop']):.1f} % over all rounds, "
-              f"{share(later):.1f} % after the first (which also waits for the MLIP actors to load)")
+    if timings.get("loop"):
+        every = [d for run in timings["loop"] for d in run]
+        keys = sorted({k for d in every for k in d if k.startswith("time_") and k.count("_") == 2})
+        for k in keys:
+            print(f"  {k:22s} {float(np.mean([d.get(k, 0.0) for d in every])):7.2f}")
+        later = [d for run in timings["loop"] for d in run[1:]]
+        print(f"  non-oracle share of round time: {share(every):.1%} over all rounds, "
+              f"{share(later):.1%} after the first (which also waits for the MLIP actors to load)")
 
     loop = statistics.mean(table["loop"]["sun_per_100"]) if "loop" in table else float("nan")
     rnd = statistics.mean(table["random"]["sun_per_100"]) if "random" in table else float("nan")

@@ -99,7 +99,6 @@ class RandomSymmetric:
              elements: tuple[str, ...]) -> Candidate | None:
         from pyxtal import pyxtal
 
-        _share_pyxtal_tolerances()
         formula = self.compositions[rng.choice(len(self.compositions), p=self.composition_probs())]
         comp = self._comp[formula]
         species = [e.symbol for e in comp.elements]
@@ -140,6 +139,7 @@ class RandomSymmetric:
         return None
 
     def propose(self, n: int, ctx: RoundContext) -> list[Candidate]:
+        _share_pyxtal_tolerances()
         out = []
         limits = ValidityLimits(max_atoms=min(self.max_atoms, ctx.max_atoms))
         for _ in range(n * 3):

@@ -37,8 +37,9 @@ ORACLE = "mlip"
 
 
 def _yield_to_the_oracle() -> None:
-    """Lower this thread's CPU priority (Linux: nice is per thread): work overlapped with the
-    oracle should use the cores the MLIP workers leave idle, not slow the relaxations down."""
+    """Lower this thread's CPU priority (Linux: nice is per thread): the background threads'
+    work overlaps the oracle and should use the cores the MLIP workers leave idle, not slow the
+    relaxations down."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
@@ -74,6 +75,8 @@ class Campaign:
         self._pending_states: dict[str, dict] = {}
         self._pending_record: report.RoundRecord | None = None  # written during the next oracle
         self._writer: Future | None = None
+        # the lookahead generation, the record writer and the surrogate warm-up; opened by run()
+        self._background: ThreadPoolExecutor | None = None
         self._ray_ready = threading.Event()  # generation started before Ray waits on it for tasks
         self.lab_oracle = None  # lab: the LabOracle, built on first use (issue #8)
 
@@ -146,8 +149,7 @@ class Campaign:
         if cfg.acquisition.kind != "random":
             from xtalforge.oracles.surrogate import warm_up
 
-            threading.Thread(target=lambda: (_yield_to_the_oracle(), warm_up()), name="surrogate-warm-up",
-                             daemon=True).start()
+            self._background.submit(warm_up)
         self._owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
         self._ray_ready.set()
         m = cfg.mlip
@@ -174,6 +176,9 @@ class Campaign:
             self._write_pending_record(wait=True)  # the last round's files, even when stopping early
         except Exception as err:
             log.warning("could not write the last round's files: %s", err)
+        if self._background is not None:  # a lookahead still running after a failure just ends
+            self._background.shutdown(wait=False, cancel_futures=True)
+            self._background = None
         if self.tracker is not None:
             try:
                 self.tracker.finish(status)
@@ -194,6 +199,8 @@ class Campaign:
     def run(self, stop_after: int | None = None) -> list[RoundStats]:
         """Run (or resume) until the round budget is spent, or `stop_after` rounds are done."""
         self.lock.acquire()
+        self._background = ThreadPoolExecutor(max_workers=3, thread_name_prefix="xtalforge-background",
+                                              initializer=_yield_to_the_oracle)
         status = "FAILED"
         done: list[RoundStats] = []
         try:
@@ -224,7 +231,7 @@ class Campaign:
         hist = []
         cands = {c.id: c for c in self.store.candidates(ids=[k for k, m in self.measured.items() if m.status == Status.ok])}
         e_hull = self.hull.all_e_above_hull()
-        for cid, m in list(self.measured.items()):
+        for cid, m in self.measured.items():
             if known_before is not None and m.round >= known_before:
                 continue
             if m.status == Status.ok and cid in cands:
@@ -254,7 +261,7 @@ class Campaign:
             timings["generate"] = time.perf_counter() - t
             for line in lines:
                 self.echo(line)
-            self._commit_generated(r, fresh, {**metrics, **gen_metrics, **_timed(timings), "generated_ahead": 0.0})
+            self.store.add_generated(r, fresh, {**metrics, **gen_metrics, **_timed(timings), "generated_ahead": 0.0})
             stage = "generated"
         if stage == "generated":
             metrics.update(self.store.round_metrics().get(r, {}))
@@ -339,12 +346,9 @@ class Campaign:
         if wait:
             self._write(rec)
             return
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"record-round-{rec.round}")
-        self._writer = pool.submit(self._write, rec)
-        pool.shutdown(wait=False)
+        self._writer = self._background.submit(self._write, rec)
 
     def _write(self, rec: report.RoundRecord) -> None:
-        _yield_to_the_oracle()
         try:
             report.write_record(rec, self.tracker)
         except Exception as err:  # files are derived from the store: never worth a campaign
@@ -407,10 +411,6 @@ class Campaign:
         metrics["unique"] = len(fresh)
         return fresh, metrics, lines
 
-    def _commit_generated(self, r: int, fresh: list[Candidate], metrics: dict[str, float]) -> None:
-        """Round `r`'s candidates and its 'generated' mark, in one store transaction."""
-        self.store.add_generated(r, fresh, metrics)
-
     def _generate_ahead(self, r: int, known_before: int | None, embed: bool = True) -> Future | None:
         """Start generating round `r` in a thread, from the results of rounds before
         `known_before` (None: all), so that what it proposes does not depend on how many of the
@@ -419,10 +419,8 @@ class Campaign:
         if not self.cfg.overlap or r >= self.cfg.rounds or self.store.stages().get(r) is not None:
             return None
         ctx, plan = self._ctx(r, known_before=known_before), self._plan(r)
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-round-{r}")
 
         def work() -> tuple[list[Candidate], dict[str, float], list[str], float, dict[str, np.ndarray]]:
-            _yield_to_the_oracle()
             t = time.perf_counter()
             fresh, metrics, lines = self._generate(r, ctx, plan)
             seconds = time.perf_counter() - t
@@ -430,9 +428,7 @@ class Campaign:
             # early embeds them while the other still relaxes
             return fresh, metrics, lines, seconds, self._features(fresh) if fresh and embed else {}
 
-        fut = pool.submit(work)
-        pool.shutdown(wait=False)
-        return fut
+        return self._background.submit(work)
 
     def _finish_ahead(self, r: int, fut: Future, during: str = "while the oracle ran") -> bool:
         """Commit round `r`'s candidates generated ahead of it; False if that failed."""
@@ -446,7 +442,7 @@ class Campaign:
         self.echo(f"  round {r + 1}, generated {during}:")
         for line in lines:
             self.echo(line)
-        self._commit_generated(r, fresh, {**metrics, "time_generate_s": seconds, "generated_ahead": 1.0})
+        self.store.add_generated(r, fresh, {**metrics, "time_generate_s": seconds, "generated_ahead": 1.0})
         self.store.set_features(feats)  # a kill before this only means featurizing them again
         return True
 

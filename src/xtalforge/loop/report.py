@@ -254,11 +254,6 @@ def write_record(rec: RoundRecord, tracker: Tracker | None) -> None:
         tracker.set_description(rec.description)
 
 
-def write_round(c: Campaign, r: int, metrics: dict) -> None:
-    """snapshot_round then write_record, in this thread."""
-    write_record(snapshot_round(c, r, metrics), c.tracker)
-
-
 def run_description(c: Campaign, r: int, m: dict, rows: list[dict]) -> str:
     """Markdown for the top of the MLflow run page: where the campaign stands, its best finds."""
     lines = [f"**{c.cfg.chemsys}**, round {r + 1} of {c.cfg.rounds}: "
