@@ -3,13 +3,8 @@ server on loopback; everything the dashboard promises is read back through Mlflo
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +17,9 @@ from xtalforge.config import load_config
 from xtalforge.loop.report import PLOTS
 from xtalforge.loop.tracking import EVERY, MODEL, PARITY, round_metric_names, undocumented
 
+from ..servers import free_port, stop_process_group, wait_healthy
+
 GEN = "random_symmetric"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -39,16 +30,7 @@ class Server:
 
     def wait(self, timeout_s: float = 150.0) -> None:
         """Block until /health answers (a fresh server takes ~15 s on 2 idle cores)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.read() == b"OK":
-                        return
-            except OSError:
-                time.sleep(0.5)
-            assert self.proc.poll() is None, self.proc.stderr.read().decode()[-2000:]
-        pytest.fail(f"mlflow server did not answer /health within {timeout_s:.0f} s")
+        wait_healthy(self.proc, self.url, timeout_s, "mlflow server")
 
 
 @pytest.fixture
@@ -56,7 +38,7 @@ def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 with a SQLite backend and proxied artifacts, both in tmp_path.
 
     Started, not waited for: the test starts Ray meanwhile, and the two start-ups overlap."""
-    port = _free_port()
+    port = free_port()
     arts = tmp_path / "server_artifacts"
     exe = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
@@ -66,14 +48,7 @@ def mlflow_server(tmp_path):
     try:
         yield Server(proc, f"http://127.0.0.1:{port}", arts)
     finally:
-        try:  # the server and its uvicorn worker share the process group it was started in
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_process_group(proc)  # the server and its uvicorn worker
 
 
 def _all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:

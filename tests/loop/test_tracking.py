@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +27,8 @@ from xtalforge.loop.tracking import (
     ui_target,
 )
 from xtalforge.types import Candidate
+
+from ..servers import free_port, http_get, stop_process_group, wait_healthy
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -118,17 +115,6 @@ def test_predictions_survive_a_new_campaign_object(tmp_path):
 
 
 # -- MLflow ---------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
-
-
 def _campaign_folder(tmp_path: Path) -> tuple[Path, str, Tracker]:
     """A run folder as a campaign leaves it (config, store with the run id) and a real run with
     a metric, an artifact and an image, on a local SQLite tracking store."""
@@ -191,39 +177,19 @@ def test_xtalforge_ui_serves_the_campaign_and_its_artifacts(tmp_path):
     uri, root = ui_target(run)
     assert uri == tr.uri and root == (run.parent / "mlartifacts").resolve().as_uri()
     assert ui_target(run, "http://127.0.0.1:1") == ("http://127.0.0.1:1", None)
-    port = _free_port()
+    port = free_port()
     cmd = ui_command(uri, "127.0.0.1", port, root)
     assert cmd[cmd.index("--default-artifact-root") + 1] == root
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(180):  # a fresh MLflow server takes ~15 s on 2 cores
-            try:
-                if _get(f"{base}/health", 2) == b"OK":
-                    break
-            except OSError:
-                time.sleep(0.5)
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        else:
-            pytest.fail("mlflow ui did not answer /health within 90 s")
-        listing = json.loads(_get(f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}&path=rounds/round_000"))
+        wait_healthy(proc, base, 90, "mlflow ui")  # a fresh MLflow server takes ~15 s on 2 cores
+        listing = json.loads(http_get(f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}&path=rounds/round_000"))
         assert [f["path"] for f in listing["files"]] == ["rounds/round_000/note.txt"]
-        body = _get(f"{base}/get-artifact?path=rounds/round_000/note.txt&run_uuid={run_id}")
+        body = http_get(f"{base}/get-artifact?path=rounds/round_000/note.txt&run_uuid={run_id}")
         assert body == b"hello from the campaign\n"
-        runs = json.loads(_get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}"))
+        runs = json.loads(http_get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}"))
         assert runs["run"]["data"]["metrics"][0]["key"] == "sun_count"
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and the workers it started: they share its (new) process group."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+        stop_process_group(proc)
