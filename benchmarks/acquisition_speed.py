@@ -57,8 +57,8 @@ def main() -> None:
     from botorch.optim import optimize_acqf_discrete
     from botorch.sampling import SobolQMCNormalSampler
 
-    from xtalforge.loop.acquisition import Acquirer, Target
-    from xtalforge.oracles.surrogate import OutcomeData, Surrogate
+    from xtalforge.acquisition.core import Acquirer, Target
+    from xtalforge.model.surrogate import OutcomeData, Surrogate
 
     print(f"# torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"load average {os.getloadavg()[0]:.1f}")

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from xtalforge.loop.backtest import expected_random_queries, load_pool, run_backtest
-    from xtalforge.oracles.descriptors import cache_path, featurize
+    from xtalforge.model.descriptors import cache_path, featurize
     from xtalforge.oracles.table import read_table
 
     df = read_table(args.data)

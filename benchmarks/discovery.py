@@ -40,7 +40,7 @@ from xtalforge.loop.campaign import Campaign  # noqa: E402
 from xtalforge.loop.dedup import Deduplicator, is_novel  # noqa: E402
 from xtalforge.loop.executor import start_ray  # noqa: E402
 from xtalforge.loop.store import CampaignStore  # noqa: E402
-from xtalforge.oracles.hull import Hull, mp2020_entry  # noqa: E402
+from xtalforge.references.hull import Hull, mp2020_entry  # noqa: E402
 from xtalforge.types import Candidate, Status  # noqa: E402
 
 from round_time import share  # noqa: E402  (benchmarks/, beside this script)

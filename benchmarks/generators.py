@@ -6,7 +6,7 @@ For each generator (random_symmetric, substitution, evolutionary) in one chemica
    the same mid-campaign context: a population of 16 of their structures with synthetic
    e_above_hull (uniform 0-0.3 eV/atom) standing in for relaxed results (evolutionary breeds
    from it; substitution uses it as extra prototypes; random_symmetric ignores it).
-2. valid %: proposals passing synthesis/validity.py (the campaign's filter) out of all proposed.
+2. valid %: proposals passing xtalforge/structure.py (the campaign's filter) out of all proposed.
    unique %: proposals left after deduplication out of all proposed (duplicates across chunks,
    i.e. across rounds, count as not unique).
 3. Deduplication of 10,000: the generator's proposals, padded when it made fewer than 10,000
@@ -39,7 +39,7 @@ from pymatgen.core import Lattice, Structure
 
 from xtalforge.generators.registry import build_generator
 from xtalforge.loop.dedup import Deduplicator, _matcher
-from xtalforge.synthesis.validity import ValidityLimits, filter_valid
+from xtalforge.structure import ValidityLimits, filter_valid
 from xtalforge.types import Candidate, Measurement, RoundContext
 
 GENERATORS = ("random_symmetric", "substitution", "evolutionary")

@@ -85,7 +85,7 @@ def struct_optimizer(model, structs: list[Structure], fmax: float, steps: int, d
 
 def engine(model, structs: list[Structure], fmax: float, steps: int, max_batch: int, timings) -> list[float]:
     """The batched engine in this process (no Ray): eV/atom; `timings` says where the time went."""
-    from xtalforge.oracles.batched import relax_batched
+    from xtalforge.oracles.mlip.batched import relax_batched
 
     res = relax_batched(model, structs, fmax=fmax, max_steps=steps, max_batch=max_batch, timings=timings)
     return [r.energy_per_atom if r.ok else np.nan for r in res]
@@ -96,7 +96,7 @@ def oracle(structs: list[Structure], offset: int, fmax: float, steps: int, devic
     """The MLIP oracle on Ray (warm workers): eV/atom and seconds from submit to the last result."""
     import ray
 
-    from xtalforge.oracles.mlip_oracle import MLIPOracle
+    from xtalforge.oracles.mlip.oracle import MLIPOracle
     from xtalforge.types import Candidate
 
     orc = MLIPOracle(None, workers=workers, fmax=fmax, max_steps=steps, timeout_s=3600, batched=batched,
@@ -128,7 +128,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from xtalforge.loop.executor import start_ray
-    from xtalforge.oracles.mlip import resolve_device
+    from xtalforge.oracles.mlip.relax import resolve_device
 
     device = resolve_device(args.device)
     structs = structures(args.n, args.max_atoms, args.seed)
@@ -136,8 +136,8 @@ def main() -> None:
     print(f"{len(structs)} structures, {min(atoms)}-{max(atoms)} atoms (mean {np.mean(atoms):.1f}); "
           f"fmax {args.fmax} eV/Å, max {args.max_steps} steps; device {device}; {os.cpu_count()} CPUs")
 
-    from xtalforge.oracles.batched import Timings
-    from xtalforge.oracles.mlip import load_chgnet
+    from xtalforge.oracles.mlip.batched import Timings
+    from xtalforge.oracles.mlip.relax import load_chgnet
 
     model = load_chgnet(threads=1, device=device)
     struct_optimizer(model, structs[:1], args.fmax, 2, device)  # warm-up: first calls are slow

@@ -55,7 +55,7 @@ def main() -> None:
     from xtalforge.generators.wyckoff.tables import wyckoff_tables
     from xtalforge.generators.wyckoff.train import (TrainConfig, cached_encodings, pretrain, save_checkpoint,
                                                     torch_threads)
-    from xtalforge.synthesis.validity import min_distance
+    from xtalforge.structure import min_distance
 
     torch.manual_seed(a.seed)
     t_all = time.perf_counter()

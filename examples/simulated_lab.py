@@ -143,7 +143,7 @@ class SimulatedLab:
 
 def main(argv: list[str] | None = None) -> int:
     from xtalforge.config import load_config
-    from xtalforge.oracles.lab import export_dir, inbox_dir
+    from xtalforge.oracles.lab.oracle import export_dir, inbox_dir
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=["http", "inbox"])

@@ -51,6 +51,6 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def chgnet_model():
-    from xtalforge.oracles.mlip import load_chgnet
+    from xtalforge.oracles.mlip.relax import load_chgnet
 
     return load_chgnet(threads=1)

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from xtalforge.cli import main
+from xtalforge.cli.main import main
 from xtalforge.config import load_config, parse_config
 from xtalforge.synthesis.model import PUSynthesizabilityModel
 

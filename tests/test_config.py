@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from xtalforge.cli import main
+from xtalforge.cli.main import main
 from xtalforge.config import ConfigError, load_config, parse_config
 
 

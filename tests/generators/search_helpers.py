@@ -6,7 +6,7 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from xtalforge.generators.compositions import is_charge_balanced
-from xtalforge.synthesis.validity import ValidityLimits, structure_problem
+from xtalforge.structure import ValidityLimits, structure_problem
 from xtalforge.types import Candidate, Measurement, RoundContext
 
 CATIO = ("Ca", "Ti", "O")

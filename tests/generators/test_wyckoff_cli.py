@@ -6,7 +6,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from pymatgen.core import Structure
 
-from xtalforge.cli import main
+from xtalforge.cli.main import main
 from xtalforge.generators.wyckoff.train import load_checkpoint
 
 NAMES = ["SrTiO3", "TiO2", "Li2O", "CsCl", "VO2", "Si"]

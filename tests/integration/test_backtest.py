@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from xtalforge.loop.backtest import expected_random_queries, load_pool, run_backtest
-from xtalforge.oracles.descriptors import featurize
+from xtalforge.model.descriptors import featurize
 
 
 def test_loop_beats_random_on_a_perovskite_slice(data_dir):

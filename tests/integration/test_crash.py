@@ -39,7 +39,7 @@ def _config(tmp_path: Path, name: str) -> Path:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "xtalforge.cli", *args]
+    return [sys.executable, "-m", "xtalforge.cli.main", *args]
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:

@@ -18,9 +18,9 @@ from tests.oracles.test_lab_validation import body, good_row, make_lab_run
 from xtalforge.config import parse_config
 from xtalforge.loop.campaign import Campaign
 from xtalforge.loop.store import CampaignStore
-from xtalforge.oracles.lab import LabOracle, export_dir, inbox_dir
-from xtalforge.oracles.lab_api import ServerThread, create_app
-from xtalforge.oracles.lab_intake import issue_token
+from xtalforge.oracles.lab.oracle import LabOracle, export_dir, inbox_dir
+from xtalforge.oracles.lab.api import ServerThread, create_app
+from xtalforge.oracles.lab.intake import issue_token
 from xtalforge.types import Status
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -63,7 +63,7 @@ def _not_blank(png: Path) -> bool:
 
 
 def test_campaign_logs_every_metric_and_artifact_to_a_server(tmp_path, mlflow_server, request, capsys):
-    from xtalforge.cli import main
+    from xtalforge.cli.main import main
 
     request.getfixturevalue("ray_local")  # Ray starts while the server does
     mlflow_server.wait()

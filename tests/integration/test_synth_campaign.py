@@ -2,7 +2,7 @@
 
 import csv
 
-from xtalforge.cli import main
+from xtalforge.cli.main import main
 from xtalforge.loop.campaign import Campaign
 from xtalforge.loop.store import CampaignStore
 from xtalforge.synthesis.model import PUSynthesizabilityModel

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from xtalforge.loop.acquisition import Acquirer, AcquisitionError, Constraint, Target, farthest_point
-from xtalforge.oracles.surrogate import OutcomeData, Surrogate
+from xtalforge.acquisition.core import Acquirer, AcquisitionError, Constraint, Target, farthest_point
+from xtalforge.model.surrogate import OutcomeData, Surrogate
 
 
 def _f(X):

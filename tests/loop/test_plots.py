@@ -13,7 +13,7 @@ from pymatgen.core import Composition
 
 from xtalforge.loop import plots
 from xtalforge.loop.report_doc import render_html, render_markdown
-from xtalforge.oracles.hull import Hull
+from xtalforge.references.hull import Hull
 
 
 def pixel_std(png: Path) -> float:

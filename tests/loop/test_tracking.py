@@ -165,7 +165,7 @@ def test_tracker_run_tags_params_resume_and_images(tmp_path):
 
 
 def test_xtalforge_ui_points_at_a_remote_server_instead_of_starting_one(tmp_path, capsys):
-    from xtalforge.cli import main
+    from xtalforge.cli.main import main
 
     assert main(["ui", "--tracking-uri", "http://127.0.0.1:9"]) == 0
     assert "http://127.0.0.1:9" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from threadpoolctl import threadpool_limits
 
-from xtalforge.oracles.batched import ChgnetEvaluator, Timings, frechet_cell_forces, relax_batched
+from xtalforge.oracles.mlip.batched import ChgnetEvaluator, Timings, frechet_cell_forces, relax_batched
 
 NAMES = ["SrTiO3", "Si", "Li2O", "CsCl"]
 

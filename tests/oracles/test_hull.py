@@ -12,7 +12,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 from threadpoolctl import threadpool_limits
 
-from xtalforge.oracles.hull import (
+from xtalforge.references.hull import (
     Hull,
     elemental_references,
     fetch_mp_entries,
@@ -66,7 +66,7 @@ def test_anion_types_detected_on_chgnet_relaxed_structures(test_cifs, chgnet_mod
     it must survive a CHGNet relaxation."""
     import torch
 
-    from xtalforge.oracles.batched import relax_batched
+    from xtalforge.oracles.mlip.batched import relax_batched
 
     cifs = test_cifs / "pymatgen_test_structures"
     ko2 = Structure.from_spacegroup("I4/mmm", Lattice.tetragonal(4.03, 6.70), ["K", "O"],

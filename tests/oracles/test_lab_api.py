@@ -10,8 +10,8 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.oracles.test_lab_validation import good_row, make_lab_run
-from xtalforge.oracles.lab_api import ServerThread, create_app
-from xtalforge.oracles.lab_intake import issue_token
+from xtalforge.oracles.lab.api import ServerThread, create_app
+from xtalforge.oracles.lab.intake import issue_token
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_a_new_token_replaces_the_old(lab_server):
             assert c.get("/requests", headers={"Authorization": f"Bearer {token}"}).status_code == 401
             assert c.get("/requests", headers={"Authorization": f"Bearer {new}"}).status_code == 200
     finally:  # the module's other tests keep the old token
-        from xtalforge.oracles.lab_intake import TOKEN_KEY, _sha256
+        from xtalforge.oracles.lab.intake import TOKEN_KEY, _sha256
 
         store.put(TOKEN_KEY, _sha256(token))
 

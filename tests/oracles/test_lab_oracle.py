@@ -11,10 +11,10 @@ import time
 import yaml
 
 from tests.oracles.test_lab_validation import QUANTITIES, body, good_row, make_lab_run
-from xtalforge.cli import main
+from xtalforge.cli.main import main
 from xtalforge.config import parse_config
-from xtalforge.oracles.lab import choose_for_lab
-from xtalforge.oracles.lab_intake import TOKEN_KEY, submit_results, token_ok
+from xtalforge.oracles.lab.oracle import choose_for_lab
+from xtalforge.oracles.lab.intake import TOKEN_KEY, submit_results, token_ok
 from xtalforge.types import Measurement, Status
 
 

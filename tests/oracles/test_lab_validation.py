@@ -13,9 +13,9 @@ from pymatgen.core import Lattice, Structure
 
 from xtalforge.config import ConfigError, LabConfig, parse_config
 from xtalforge.loop.store import CampaignStore
-from xtalforge.oracles.lab import LabOracle
-from xtalforge.oracles.lab_intake import submit_results
-from xtalforge.oracles.lab_validation import QuantitySpec, rows_from_csv, validate
+from xtalforge.oracles.lab.oracle import LabOracle
+from xtalforge.oracles.lab.intake import submit_results
+from xtalforge.oracles.lab.validation import QuantitySpec, rows_from_csv, validate
 from xtalforge.types import Candidate, Status
 
 QUANTITIES = [

@@ -5,7 +5,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from threadpoolctl import threadpool_limits
 
-from xtalforge.oracles.mlip import Relaxer, embed, load_ase_calculator, relax
+from xtalforge.oracles.mlip.relax import Relaxer, embed, load_ase_calculator, relax
 
 # experimental cubic lattice constants, Å (room temperature)
 EXPERIMENT = {"Si": 5.431, "NaCl": 5.640, "SrTiO3": 3.905, "Cu": 3.615, "Al": 4.050}
@@ -50,7 +50,7 @@ def test_relaxed_lattice_within_2_percent_of_experiment(name, test_cifs, chgnet_
 
 def test_batched_engine_gives_the_same_lattices(test_cifs, chgnet_model):
     """All three in one batch; each lands where the one-at-a-time relaxation lands."""
-    from xtalforge.oracles.batched import relax_batched
+    from xtalforge.oracles.mlip.batched import relax_batched
 
     names = ["Si", "NaCl", "SrTiO3"]
     res = relax_batched(chgnet_model, [_start(n, test_cifs) for n in names], fmax=0.05, max_steps=300)

@@ -8,8 +8,8 @@ import ray
 from pymatgen.analysis.phase_diagram import PDEntry
 from pymatgen.core import Lattice, Structure
 
-from xtalforge.oracles.hull import Hull
-from xtalforge.oracles.mlip_oracle import MLIPOracle
+from xtalforge.references.hull import Hull
+from xtalforge.oracles.mlip.oracle import MLIPOracle
 from xtalforge.types import Candidate, Status
 
 EMT = "ase:ase.calculators.emt.EMT"

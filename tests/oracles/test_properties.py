@@ -7,8 +7,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from threadpoolctl import threadpool_limits
 
-from xtalforge.oracles.mlip import Relaxer
-from xtalforge.oracles.properties import bulk_modulus, compute_properties, density, scaled_cells
+from xtalforge.oracles.mlip.relax import Relaxer
+from xtalforge.oracles.mlip.properties import bulk_modulus, compute_properties, density, scaled_cells
 
 
 @pytest.fixture(autouse=True, scope="module")

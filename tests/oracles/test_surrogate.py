@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from xtalforge.oracles.surrogate import OutcomeData, Surrogate, SurrogateError, fit_gp
+from xtalforge.model.surrogate import OutcomeData, Surrogate, SurrogateError, fit_gp
 
 
 def _f(X: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ import csv
 import pytest
 from pymatgen.core import Composition, Element, Lattice, Structure
 
-from xtalforge.oracles.hull import Hull, mp2020_entry
+from xtalforge.references.hull import Hull, mp2020_entry
 from xtalforge.synthesis.routes import (
     FormationEnergies,
     Target,

@@ -4,7 +4,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from xtalforge.synthesis.composition import composition_problems, parse_formula
-from xtalforge.synthesis.validity import ValidityLimits, check, filter_checked
+from xtalforge.structure import ValidityLimits
+from xtalforge.synthesis.validity import check, filter_checked
 from xtalforge.types import Candidate
 
 KNOWN = ["NaCl", "Fe2O3", "Fe3O4", "BaTiO3", "SrTiO3", "LiFePO4", "Li2O2", "K2O2", "KO2", "Al2Cu",

@@ -23,7 +23,7 @@ from xtalforge.generators.base import reward_from
 from xtalforge.generators.compositions import is_charge_balanced, require_compositions
 from xtalforge.generators.prototypes import PrototypeError, decorate, fresh
 from xtalforge.generators.substitution import partial_substitution, system_ions
-from xtalforge.synthesis.validity import ValidityLimits, structure_problem
+from xtalforge.structure import ValidityLimits, structure_problem
 from xtalforge.types import Candidate, Measurement, RoundContext
 
 log = logging.getLogger(__name__)

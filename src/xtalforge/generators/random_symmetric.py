@@ -19,7 +19,7 @@ import numpy as np
 
 from xtalforge.generators.base import reward_from
 from xtalforge.generators.compositions import require_compositions
-from xtalforge.synthesis.validity import ValidityLimits, structure_problem
+from xtalforge.structure import ValidityLimits, structure_problem
 from xtalforge.types import Candidate, Measurement, RoundContext
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from pymatgen.core import Element, Species, Structure
 from xtalforge.generators.base import reward_from
 from xtalforge.generators.compositions import is_charge_balanced, require_compositions
 from xtalforge.generators.prototypes import Cell, Prototype, history_prototypes, load_prototypes
-from xtalforge.synthesis.validity import ValidityLimits, structure_problem
+from xtalforge.structure import ValidityLimits, structure_problem
 from xtalforge.types import Candidate, Measurement, RoundContext
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from xtalforge.generators.pool import PoolGenerator
-from xtalforge.loop.acquisition import Acquirer, AcquisitionError, Target, farthest_point
-from xtalforge.oracles.surrogate import OutcomeData, Surrogate
+from xtalforge.acquisition.core import Acquirer, AcquisitionError, Target, farthest_point
+from xtalforge.model.surrogate import OutcomeData, Surrogate
 from xtalforge.oracles.table import TableOracle
 from xtalforge.types import Candidate, Status
 

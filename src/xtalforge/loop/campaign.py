@@ -23,13 +23,13 @@ from xtalforge.config import CampaignConfig, load_config
 from xtalforge.generators.base import Generator
 from xtalforge.generators.registry import build_generator
 from xtalforge.loop import report
-from xtalforge.loop.acquisition import Picks, farthest_point, pool_matrix
+from xtalforge.acquisition.core import Picks, farthest_point, pool_matrix
 from xtalforge.loop.dedup import Deduplicator
 from xtalforge.loop.lock import RunLock
 from xtalforge.loop.store import CampaignStore
 from xtalforge.loop.tracking import Tracker, git_commit, resolve_uri
-from xtalforge.oracles.hull import Hull, gather_references, mp2020_entry
-from xtalforge.synthesis.validity import ValidityLimits, filter_valid
+from xtalforge.references.hull import Hull, gather_references, mp2020_entry
+from xtalforge.structure import ValidityLimits, filter_valid
 from xtalforge.types import Candidate, Measurement, RoundContext, Status
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,11 @@ class Campaign:
 
     def _start_services(self) -> None:
         from xtalforge.loop.executor import start_ray
-        from xtalforge.oracles.mlip_oracle import MLIPOracle
+        from xtalforge.oracles.mlip.oracle import MLIPOracle
 
         cfg = self.cfg
         if cfg.acquisition.kind != "random":
-            from xtalforge.oracles.surrogate import warm_up
+            from xtalforge.model.surrogate import warm_up
 
             self._background.submit(warm_up)
         self._owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
@@ -455,7 +455,7 @@ class Campaign:
             self.store.set_features(self._features(todo))
 
     def _features(self, cands: list[Candidate]) -> dict[str, np.ndarray]:
-        from xtalforge.oracles.descriptors import featurize
+        from xtalforge.model.descriptors import featurize
 
         # the default "chgnet+composition" embeds on the MLIP actors (one model load each)
         X = featurize(self.cfg.acquisition.featurizer, [c.structure for c in cands], self.cfg.elements,
@@ -467,7 +467,7 @@ class Campaign:
         MLIP values at fidelity 1 (e_above_hull from the current hull), lab values at fidelity 2
         (a lab quantity that `trains` e_above_hull counts as e_above_hull). Where one quantity
         has both, the surrogate models them jointly (multi-fidelity)."""
-        from xtalforge.oracles.surrogate import OutcomeData
+        from xtalforge.model.surrogate import OutcomeData
 
         acfg = self.cfg.acquisition
         names = list(dict.fromkeys([o.name for o in acfg.objectives] + [c.name for c in acfg.constraints]))
@@ -494,8 +494,8 @@ class Campaign:
         return data
 
     def _select(self, r: int) -> dict[str, float]:
-        from xtalforge.loop.acquisition import Acquirer, AcquisitionError, Constraint, Target
-        from xtalforge.oracles.surrogate import Surrogate
+        from xtalforge.acquisition.core import Acquirer, AcquisitionError, Constraint, Target
+        from xtalforge.model.surrogate import Surrogate
 
         cfg, acfg = self.cfg, self.cfg.acquisition
         all_ids = [c.id for c in self.store.candidates()]
@@ -843,7 +843,7 @@ class Campaign:
         if self.cfg.lab is None:
             return None
         if self.lab_oracle is None:
-            from xtalforge.oracles.lab import LabOracle
+            from xtalforge.oracles.lab.oracle import LabOracle
 
             self.lab_oracle = LabOracle(self.cfg.lab, self.store, self.run_dir)
         return self.lab_oracle
@@ -868,7 +868,7 @@ class Campaign:
         """Round r's lab requests: the most promising MLIP results not yet sent. Idempotent: a
         resumed round re-sends its stored picks and the store keeps one request per candidate.
         With `lab.wait`, holds the round until they are answered or lab.wait_timeout_s passes."""
-        from xtalforge.oracles.lab import choose_for_lab
+        from xtalforge.oracles.lab.oracle import choose_for_lab
 
         lab, lcfg = self._lab(), self.cfg.lab
         if lab is None:

@@ -1,1 +1,1 @@
-"""Oracles: the MLIP (CHGNet relaxation), the convex hull, the GP surrogate, labs and tables."""
+"""Oracles: the things that measure candidates (the MLIP, a lab, a table)."""

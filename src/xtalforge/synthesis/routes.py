@@ -96,7 +96,7 @@ class FormationEnergies:
         self.hull = hull
         self._refs: dict[str, tuple[float, str]] = {}
         if references:
-            from xtalforge.oracles.hull import elemental_references
+            from xtalforge.references.hull import elemental_references
 
             for e in references:
                 comp = e.composition

@@ -28,9 +28,9 @@ import numpy as np
 import ray
 from pymatgen.core import Structure
 
-from xtalforge.oracles.hull import Hull, mp2020_entry
-from xtalforge.oracles.mlip import RelaxResult
-from xtalforge.oracles.properties import density
+from xtalforge.references.hull import Hull, mp2020_entry
+from xtalforge.oracles.mlip.relax import RelaxResult
+from xtalforge.oracles.mlip.properties import density
 from xtalforge.types import Candidate, Fidelity, Measurement, Status
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class MLIPWorker:
 
     def __init__(self, model: str = "chgnet", batched: bool = False, device: str = "cpu", threads: int = 1,
                  model_options: dict | None = None, max_batch: int = 16):
-        from xtalforge.oracles.mlip import Relaxer
+        from xtalforge.oracles.mlip.relax import Relaxer
 
         self.relaxer = Relaxer(model, batched=batched, device=device, threads=threads,
                                model_options=model_options, max_batch=max_batch)
@@ -108,7 +108,7 @@ class MLIPOracle:
                  on_result: Callable[[Measurement], None] | None = None, model: str = "chgnet",
                  model_options: dict | None = None, batched: bool | str = "auto", max_batch: int = 16,
                  device: str = "auto", properties: Sequence[str] = (), hang_grace_s: float | None = None):
-        from xtalforge.oracles.mlip import is_ase_model, load_ase_calculator
+        from xtalforge.oracles.mlip.relax import is_ase_model, load_ase_calculator
 
         if is_ase_model(model):  # a typo should fail here, once, not in every actor
             load_ase_calculator(model, model_options)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pymatgen.core import Structure
 
-from xtalforge.synthesis.validity import min_distance
+from xtalforge.structure import min_distance
 
 # An MLIP energy outside this window (eV/atom) means the model left its training domain.
 ENERGY_WINDOW = (-15.0, 5.0)
@@ -244,14 +244,14 @@ class Relaxer:
                    timeout_s: float | None = None, properties: Sequence[str] = ()) -> list[RelaxResult]:
         """Relax each structure; then compute `properties` (see properties.py) on the ok ones."""
         if self.batched:
-            from xtalforge.oracles.batched import relax_batched
+            from xtalforge.oracles.mlip.batched import relax_batched
 
             out = relax_batched(self.chgnet, structures, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell,
                                 max_batch=self.max_batch, timeout_s=timeout_s)
         else:
             out = [relax_ase(self.calc, s, fmax, max_steps, relax_cell, timeout_s) for s in structures]
         if properties:
-            from xtalforge.oracles.properties import compute_properties
+            from xtalforge.oracles.mlip.properties import compute_properties
 
             def energies(cells: Sequence[Structure]) -> np.ndarray:
                 return self.energies(cells, relax_ions=True, fmax=min(fmax, 0.05), max_steps=min(max_steps, 100))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from xtalforge.oracles.mlip import RelaxResult, explosion, failed, finish
+from xtalforge.oracles.mlip.relax import RelaxResult, explosion, failed, finish
 
 # ASE FIRE defaults (ase.optimize.FIRE)
 DT, DT_MAX, MAX_STEP, N_MIN, F_INC, F_DEC, A_START, F_A = 0.1, 1.0, 0.2, 5, 1.1, 0.5, 0.1, 0.99

@@ -27,8 +27,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from xtalforge.oracles.lab_intake import LabStore, results_schema, submit_results, token_ok
-from xtalforge.oracles.lab_validation import MAX_BYTES, MAX_ROWS
+from xtalforge.oracles.lab.intake import LabStore, results_schema, submit_results, token_ok
+from xtalforge.oracles.lab.validation import MAX_BYTES, MAX_ROWS
 
 
 class Health(BaseModel):

@@ -116,7 +116,7 @@ def chgnet_features(structures: Sequence[Structure], cache: Path | None = None,
             return arr
     import torch
 
-    from xtalforge.oracles.mlip import load_chgnet
+    from xtalforge.oracles.mlip.relax import load_chgnet
 
     model = model or load_chgnet(threads=torch.get_num_threads())
     refs = _mp_reference_energies()
@@ -162,7 +162,7 @@ def featurize(name: str, structures: Sequence[Structure], elements: Sequence[str
 
     `embed` supplies CHGNet embeddings for "chgnet+composition" (the campaign passes its MLIP
     oracle's Ray actors); "chgnet+magpie+structure" loads CHGNet here, caching to `cache`."""
-    from xtalforge.oracles.features import composition_features
+    from xtalforge.model.features import composition_features
 
     if name not in FEATURIZERS:
         raise ValueError(f"featurizer {name!r} is not available (have: {', '.join(FEATURIZERS)})")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from xtalforge.oracles.lab_validation import (
+from xtalforge.oracles.lab.validation import (
     MAX_BYTES,
     LabResult,
     Problem,

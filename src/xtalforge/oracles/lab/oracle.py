@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from xtalforge.config import LabConfig
-from xtalforge.oracles.lab_files import export_requests, process_inbox
-from xtalforge.oracles.lab_intake import LabStore, Outcome
+from xtalforge.oracles.lab.files import export_requests, process_inbox
+from xtalforge.oracles.lab.intake import LabStore, Outcome
 from xtalforge.types import Candidate, Fidelity, Measurement, Status
 
 

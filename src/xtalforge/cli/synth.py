@@ -1,13 +1,13 @@
 """`xtalforge synth train | score`: the synthesizability model from the command line.
 
-Registered by xtalforge.cli through `add_parser`; heavy imports wait until a command runs.
+Registered by xtalforge.cli.main through `add_parser`; heavy imports wait until a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from xtalforge.cli import _fail  # one error format for every subcommand
+from xtalforge.cli.main import _fail  # one error format for every subcommand
 
 
 def cmd_train(a: argparse.Namespace) -> int:

@@ -23,8 +23,8 @@ import re
 import time
 from pathlib import Path
 
-from xtalforge.oracles.lab_intake import LabStore, Outcome, results_schema_json, submit_results
-from xtalforge.oracles.lab_validation import MAX_BYTES, Problem
+from xtalforge.oracles.lab.intake import LabStore, Outcome, results_schema_json, submit_results
+from xtalforge.oracles.lab.validation import MAX_BYTES, Problem
 
 INBOX_SUFFIXES = {".csv": "csv", ".json": "json"}
 

@@ -148,7 +148,7 @@ def _open_lab(run: str):
 
 
 def cmd_lab_token(a: argparse.Namespace) -> int:
-    from xtalforge.oracles.lab_intake import issue_token
+    from xtalforge.oracles.lab.intake import issue_token
 
     opened, why = _open_lab(a.run)
     if opened is None:
@@ -163,8 +163,8 @@ def cmd_lab_token(a: argparse.Namespace) -> int:
 
 
 def cmd_lab_submit(a: argparse.Namespace) -> int:
-    from xtalforge.oracles.lab_intake import submit_results
-    from xtalforge.oracles.lab_validation import MAX_BYTES
+    from xtalforge.oracles.lab.intake import submit_results
+    from xtalforge.oracles.lab.validation import MAX_BYTES
 
     opened, why = _open_lab(a.run)
     if opened is None:
@@ -189,7 +189,7 @@ def cmd_lab_submit(a: argparse.Namespace) -> int:
 
 
 def cmd_lab_requests(a: argparse.Namespace) -> int:
-    from xtalforge.oracles.lab import LabOracle
+    from xtalforge.oracles.lab.oracle import LabOracle
 
     opened, why = _open_lab(a.run)
     if opened is None:
@@ -210,8 +210,8 @@ def cmd_lab_requests(a: argparse.Namespace) -> int:
 def cmd_lab_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
-    from xtalforge.oracles.lab_api import create_app
-    from xtalforge.oracles.lab_intake import TOKEN_KEY
+    from xtalforge.oracles.lab.api import create_app
+    from xtalforge.oracles.lab.intake import TOKEN_KEY
 
     opened, why = _open_lab(a.run)
     if opened is None:
@@ -255,13 +255,13 @@ def _add_lab_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
-    from xtalforge.synthesis.cli import add_parser
+    from xtalforge.cli.synth import add_parser
 
     add_parser(sub)
 
 
 def _add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
-    from xtalforge.generators.wyckoff.cli import add_parser
+    from xtalforge.cli.wyckoff import add_parser
 
     add_parser(sub)
 

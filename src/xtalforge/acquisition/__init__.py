@@ -1,0 +1,1 @@
+"""Acquisition: which pool candidates the expensive oracles evaluate next."""

@@ -1,0 +1,1 @@
+"""The `xtalforge` command line."""

@@ -1,0 +1,1 @@
+"""Surrogate models (GP) and the featurizers that turn structures into their inputs."""

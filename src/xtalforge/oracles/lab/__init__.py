@@ -1,0 +1,1 @@
+"""The lab oracle: durable requests out, validated results in (CLI files, inbox drops, HTTP API)."""

@@ -1,0 +1,1 @@
+"""The MLIP oracle: CHGNet (or an ASE calculator) relaxations on a Ray actor pool."""

@@ -1,0 +1,1 @@
+"""Known materials: reference entries, the convex hull, novelty against known structures."""
