@@ -11,16 +11,56 @@ it (`metrics_markdown`) and a test keeps the two in step.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# MLflow accepts letters, digits, '_', '-', '.', ' ', '/' (newer versions also ':') in metric and
+# param names, at most 250 characters; a reduced formula such as Li(CuO)2 has '(' and ')'.
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+MAX_NAME = 250
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+
+
+def metric_key(name: str) -> str:
+    """`name` as MLflow accepts it: every other character becomes '_'
+    ("gen_random_symmetric_p_Li(CuO)2" -> "gen_random_symmetric_p_Li_CuO_2"); a name over
+    MLflow's 250 characters is cut and ends in a short digest of the whole. A safe name is kept."""
+    safe = _UNSAFE.sub("_", name)
+    if len(safe) > MAX_NAME:
+        safe = f"{safe[: MAX_NAME - 7]}-{_digest(name)}"
+    return safe
+
+
+def metric_keys(names: list[str]) -> dict[str, str]:
+    """name -> MLflow key for every name, no two names sharing a key: when names differ only in
+    unsafe characters, all but the first (in sorted order, so the same on every round) get a
+    digest of their original name appended."""
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    # names MLflow takes as they are first, so they never change
+    for name in sorted(set(names), key=lambda n: (metric_key(n) != n, n)):
+        key = metric_key(name)
+        if key in taken:
+            key = f"{key[: MAX_NAME - 7]}-{_digest(name)}"
+        taken.add(key)
+        out[name] = key
+    return out
+
 
 # When a metric is logged (the `when` of a MetricSpec).
 EVERY = "every round"
@@ -197,34 +237,99 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """One campaign's MLflow run; every call after `start` writes to that run."""
+    """One campaign's MLflow run; every call after `start` writes to that run.
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
-        from mlflow.tracking import MlflowClient
+    MLflow is a window, not the campaign's memory, so no call here raises: a failure is logged
+    (a warning the first time, then at INFO), metrics that could not be sent are kept and sent
+    with the next batch, and while the tracking store is down (`cooldown_s` after a failure)
+    calls are skipped instead of waiting on it again."""
 
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None,
+                 cooldown_s: float = 30.0, max_unsent: int = 100_000):
         # MLflow prints an INFO line per migration on a fresh SQLite store; keep the terminal clean
         logging.getLogger("alembic").setLevel(logging.WARNING)
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment = experiment
+        self.artifact_root = artifact_root
+        self.cooldown_s = cooldown_s
+        self.max_unsent = max_unsent
+        self.client = None
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+        self.failures = 0  # calls that failed or were skipped
+        self._warned = False
+        self._down_until = 0.0
+        self._unsent: list = []  # mlflow Metric objects not yet accepted by the store
+        self._connect()
+
+    # -- failure handling ------------------------------------------------------------------
+    def _connect(self) -> bool:
+        """Open the client and the experiment; False (and a logged failure) when it cannot."""
+        if self.experiment_id is not None:
+            return True
+        return self._call("open the experiment", self._open_experiment, False)
+
+    def _open_experiment(self) -> bool:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri)
+        exp = client.get_experiment_by_name(self.experiment)
         if exp is None:
             loc = None
             # A local store keeps artifacts beside the run folders; a server chooses its own
             # (proxied) artifact root, which is what makes a remote --tracking-uri work.
-            if artifact_root is not None and uri.startswith("sqlite"):
-                artifact_root.mkdir(parents=True, exist_ok=True)
-                loc = artifact_root.resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=loc)
+            if self.artifact_root is not None and self.uri.startswith("sqlite"):
+                self.artifact_root.mkdir(parents=True, exist_ok=True)
+                loc = self.artifact_root.resolve().as_uri()
+            self.experiment_id = client.create_experiment(self.experiment, artifact_location=loc)
         else:
             self.experiment_id = exp.experiment_id
-        self.run_id: str | None = None
+        self.client = client
+        return True
 
-    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str], run_id: str | None = None) -> str:
+    def _call(self, what: str, fn: Callable[[], _T], default: _T) -> _T:
+        """fn(), or `default` when it raises or the store is cooling down after a failure."""
+        if time.monotonic() < self._down_until:
+            self.failures += 1
+            log.debug("MLflow is down: skipped %s", what)
+            return default
+        try:
+            return fn()
+        except Exception as err:  # any MLflow, network or disk error: the campaign goes on
+            self.failures += 1
+            self._down_until = time.monotonic() + self.cooldown_s
+            if not self._warned:
+                self._warned = True
+                log.warning("MLflow tracking at %s failed to %s (%s: %s); the campaign goes on and "
+                            "its store keeps every result; later tracking failures are logged at "
+                            "INFO", self.uri, what, type(err).__name__, str(err)[:300])
+            else:
+                log.info("MLflow tracking failed to %s: %s: %s", what, type(err).__name__, str(err)[:300])
+            return default
+
+    @property
+    def ok(self) -> bool:
+        """Whether tracking has a run to write to."""
+        return self.client is not None and self.run_id is not None
+
+    # -- the run ---------------------------------------------------------------------------
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str],
+              run_id: str | None = None) -> str | None:
+        """Start a new run (or continue `run_id`); its id, or None when MLflow cannot be reached
+        (the caller tries again on its next start)."""
         if run_id:
             self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+            if self._connect():
+                self._call("reopen the run", lambda: self.client.update_run(run_id, status="RUNNING"), None)
             return run_id
+        if not self._connect():
+            return None
+        return self._call("start the run", lambda: self._create_run(run_name, params, tags), None)
+
+    def _create_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        from mlflow.entities import Param
+
         tags = dict(tags)
         # MLflow's own tags, so the UI's "source" and "git commit" columns are filled too
         tags.setdefault("mlflow.source.name", "xtalforge")
@@ -233,62 +338,83 @@ class Tracker:
             tags.setdefault("mlflow.source.git.commit", tags["git_commit"])
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in flatten(params).items()]
+        flat = flatten(params)
+        keys = metric_keys(list(flat))
+        items = [Param(keys[k], v) for k, v in flat.items()]
         for i in range(0, len(items), 90):
             self.client.log_batch(self.run_id, params=items[i : i + 90])
         return self.run_id
 
     def logged_steps(self, key: str) -> set[int]:
-        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        """Steps already logged for metric `key` (empty when MLflow cannot say)."""
+        if not self.ok:
+            return set()
+        return self._call("read a metric history",
+                          lambda: {m.step for m in self.client.get_metric_history(self.run_id, metric_key(key))},
+                          set())
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log the finite numbers of `metrics` at `step` (the round); others are skipped."""
+    def log_metrics(self, metrics: dict[str, float], step: int) -> bool:
+        """Log the finite numbers of `metrics` at `step` (the round); others are skipped. Names
+        are made MLflow-safe (`metric_key`). Metrics MLflow did not take are kept and sent with
+        the next call. True when everything so far has been sent."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
-                 if v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))]
-        for i in range(0, len(items), 900):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 900])
+        finite = {k: float(v) for k, v in metrics.items()
+                  if v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))}
+        keys = metric_keys(list(finite))
+        self._unsent.extend(Metric(keys[k], v, ts, step) for k, v in finite.items())
+        if len(self._unsent) > self.max_unsent:  # a long outage: keep the newest
+            del self._unsent[: len(self._unsent) - self.max_unsent]
+        if not self.ok:
+            return False
+        return self._call("log metrics", self._flush, False)
+
+    def _flush(self) -> bool:
+        while self._unsent:
+            batch = self._unsent[:900]
+            self.client.log_batch(self.run_id, metrics=batch)
+            del self._unsent[: len(batch)]
+        return True
 
     def set_tag(self, key: str, value: str) -> None:
-        try:
-            self.client.set_tag(self.run_id, key, value[:5000])
-        except Exception as err:
-            log.warning("could not set tag %s: %s", key, err)
+        if self.ok:
+            self._call(f"set tag {key}", lambda: self.client.set_tag(self.run_id, key, value[:5000]), None)
 
     def set_description(self, markdown: str) -> None:
         """The run's description: the UI shows it at the top of the run page."""
         self.set_tag("mlflow.note.content", markdown)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
-        try:
-            self.client.log_artifact(self.run_id, str(path), subdir)
-        except Exception as err:  # a full disk or a remote hiccup must not stop the campaign
-            log.warning("could not log artifact %s: %s", path, err)
+        # a full disk or a remote hiccup must not stop the campaign
+        if self.ok:
+            self._call(f"log artifact {path}", lambda: self.client.log_artifact(self.run_id, str(path), subdir), None)
 
     def log_artifacts(self, folder: Path, subdir: str | None = None) -> None:
-        try:
-            self.client.log_artifacts(self.run_id, str(folder), subdir)
-        except Exception as err:
-            log.warning("could not log artifacts %s: %s", folder, err)
+        if self.ok:
+            self._call(f"log artifacts {folder}",
+                       lambda: self.client.log_artifacts(self.run_id, str(folder), subdir), None)
 
     def log_image(self, png: Path, key: str, step: int) -> None:
         """A PNG as an MLflow image with a step: the UI shows it in the run's charts with a
         step slider, so a plot can be followed round by round."""
-        try:
+        def send() -> None:
             from PIL import Image
 
             with Image.open(png) as im:
-                self.client.log_image(self.run_id, im.convert("RGB"), key=key, step=step, synchronous=True)
-        except Exception as err:
-            log.warning("could not log image %s: %s", png, err)
+                self.client.log_image(self.run_id, im.convert("RGB"), key=metric_key(key), step=step,
+                                      synchronous=True)
+
+        if self.ok:
+            self._call(f"log image {png}", send, None)
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.run_id:
-            self.client.set_terminated(self.run_id, status=status)
+        if not self.ok:
+            return
+        if self._unsent:  # a last try for what an outage held back
+            self._down_until = 0.0
+            self._call("log metrics", self._flush, False)
+        self._call("end the run", lambda: self.client.set_terminated(self.run_id, status=status), None)
 
     def run_url(self) -> str:
         if self.uri.startswith("http"):
