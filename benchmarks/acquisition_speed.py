@@ -57,7 +57,7 @@ def main() -> None:
     from botorch.optim import optimize_acqf_discrete
     from botorch.sampling import SobolQMCNormalSampler
 
-    from xtalforge.acquisition.core import Acquirer, Target
+    from xtalforge.acquisition import Acquirer, Target
     from xtalforge.model.surrogate import OutcomeData, Surrogate
 
     print(f"# torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "

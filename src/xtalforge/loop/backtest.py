@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from xtalforge.generators.pool import PoolGenerator
-from xtalforge.acquisition.core import Acquirer, AcquisitionError, Target, farthest_point
+from xtalforge.acquisition import Acquirer, AcquisitionError, Target, farthest_point
 from xtalforge.model.surrogate import OutcomeData, Surrogate
 from xtalforge.oracles.table import TableOracle
 from xtalforge.types import Candidate, Status

@@ -21,37 +21,17 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from xtalforge.model.base import FitReport, OutcomeData
 
 DTYPE = torch.float64
 
 
 class SurrogateError(ValueError):
     """Training data the surrogate cannot use; the message says which outcome and why."""
-
-
-@dataclass
-class FitReport:
-    n_train: int
-    nll: float  # mean negative marginal log likelihood per point (standardized scale)
-    seconds: float
-    kind: str = "exact"  # exact | subset | multi_fidelity (+ "_subset")
-    n_dropped: int = 0  # rows dropped for NaN/inf values or features
-    n_hyper: int = 0  # points the hyperparameters were fitted on
-
-
-@dataclass
-class OutcomeData:
-    """Training data of one modeled quantity: features X (n, d), values y (n,) in the field's
-    units, and optionally the fidelity (int per row) of the oracle that measured each value."""
-
-    X: np.ndarray
-    y: np.ndarray
-    fidelity: np.ndarray | None = None
-    ids: list[str] = field(default_factory=list)
 
 
 def check_training_data(X: np.ndarray, y: np.ndarray, name: str = "target") -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +98,8 @@ def _load_hyperparameters(model, params: Mapping[str, list] | None) -> int:
 
 
 class Surrogate:
-    """One GP per outcome, combined into a BoTorch ModelListGP (`self.model`).
+    """One GP per outcome, combined into a BoTorch ModelListGP (`self.model`); a
+    `model.base.SurrogateModel`.
 
     `fit` takes {outcome name: OutcomeData}; `predict` returns means and standard deviations in the
     field's units, one column per outcome in `self.outcomes` order. Hyperparameters carry over

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from xtalforge.acquisition.core import Acquirer, AcquisitionError, Constraint, Target, farthest_point
+from xtalforge.acquisition import Acquirer, AcquisitionError, Constraint, Target, farthest_point
 from xtalforge.model.surrogate import OutcomeData, Surrogate
 
 
