@@ -54,14 +54,20 @@ class LabStore(Protocol):
 
 @dataclass
 class Outcome:
-    """What became of one submission."""
+    """What became of one submission. An inbox entry that was not judged (yet) is not
+    accepted either: `waiting` (not complete yet, taken on a later look) or `skipped` (never
+    read: not a regular results file), with the reason in `note`."""
 
     accepted: bool
     submission_id: int | None = None
     candidates: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    state: Literal["judged", "waiting", "skipped"] = "judged"
+    note: str = ""
 
     def summary(self) -> str:
+        if self.state != "judged":
+            return f"{self.state}: {self.note}"
         if self.accepted:
             return f"accepted: {len(self.candidates)} result(s) stored (submission {self.submission_id})"
         return f"rejected: {len(self.problems)} problem(s); nothing was applied"
