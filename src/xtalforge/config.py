@@ -82,13 +82,13 @@ class ConstraintConfig(_Strict):
 
 
 class AcquisitionConfig(_Strict):
-    kind: Literal["qlognei", "ucb", "thompson", "random", "qlognehvi"] = "qlognei"
+    kind: str = Field("qlognei", description="a registered acquisition arm (xtalforge.acquisition.arm_names())")
     batch_size: int = Field(6, gt=0, description="MLIP evaluations per round")
     objectives: list[ObjectiveConfig] = Field(
         default_factory=lambda: [ObjectiveConfig(name="e_above_hull", minimize=True)],
-        description="one: qLogNEI/UCB/Thompson; several: qLogNEHVI")
+        description="what to optimize; each arm declares whether it serves one objective or several")
     constraints: list[ConstraintConfig] = Field(default_factory=list)
-    portfolio: list[Literal["qlognei", "ucb", "thompson", "random", "qlognehvi"]] = Field(
+    portfolio: list[str] = Field(
         default_factory=list, description="GP-Hedge over these acquisition functions (empty: `kind` alone)")
     hedge_eta: float = Field(1.0, gt=0, description="GP-Hedge learning rate")
     shortlist: int = Field(512, ge=16, description="candidates kept by the pool screen for the exact batch step")
@@ -105,11 +105,18 @@ class AcquisitionConfig(_Strict):
             raise ValueError("objectives: name at least one")
         if len(set(names)) != len(names):
             raise ValueError("objectives: each name may appear once")
-        kinds = self.portfolio or [self.kind]
-        if len(names) > 1 and any(k not in ("qlognehvi", "random") for k in kinds):
-            raise ValueError("several objectives need kind 'qlognehvi' (or 'random')")
-        if len(names) == 1 and "qlognehvi" in kinds:
-            raise ValueError("'qlognehvi' needs at least two objectives")
+        from xtalforge.acquisition.registry import UnknownArm, arm_names, get_arm
+
+        key = "portfolio" if self.portfolio else "kind"
+        try:
+            arms = [get_arm(k) for k in self.portfolio or [self.kind]]
+        except UnknownArm as err:
+            raise ValueError(f"{key}: {err}") from None
+        misfit = [a.name for a in arms if not a.fits(len(names))]
+        if misfit:
+            n = "one objective" if len(names) == 1 else f"{len(names)} objectives"
+            raise ValueError(f"{key}: {', '.join(misfit)} does not serve {n} "
+                             f"(use: {', '.join(arm_names(len(names)))})")
         return self
 
 
