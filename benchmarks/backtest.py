@@ -26,6 +26,8 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
+    from xtalforge.acquisition import UnknownArm, arm_names, get_arm
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="CSV with a 'cif' column (read with index_col=0)")
     ap.add_argument("--target", required=True, help="value column to optimize")
@@ -37,13 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--featurizer", default="magpie+structure",
                     choices=["magpie+structure", "chgnet+magpie+structure"])
     ap.add_argument("--kinds", default="qlognei", help="acquisition function(s), comma-separated "
-                    "(several = GP-Hedge portfolio): qlognei, ucb, thompson, random")
+                    f"(several = GP-Hedge portfolio): {', '.join(arm_names(1))}")
     ap.add_argument("--delay", type=int, default=0, help="rounds before a result comes back (pending points)")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N rows (quick runs)")
     ap.add_argument("--cache", default=None, help="feature cache folder (default ~/.cache/xtalforge)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    try:
+        misfit = [k for k in kinds if not get_arm(k).fits(1)]
+    except UnknownArm as err:
+        print(f"error: --kinds: {err}")
+        return 2
+    if misfit or not kinds:
+        print(f"error: --kinds: {', '.join(misfit) or 'nothing given'}: use one or more of {', '.join(arm_names(1))}")
+        return 2
 
     import pandas as pd
 
@@ -71,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         np.savez_compressed(whole, features=X)
     print(f"# {args.data}: {len(df)} rows, {len(cands)} unique structures, {X.shape[1]} features "
           f"({args.featurizer}) in {time.perf_counter() - t:.0f} s")
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr))
     results = []
     print(f"{'seed':>4} {'queries':>8} {'found':>6} {'top':>4} {'rounds':>6} {'seconds':>8} "

@@ -155,3 +155,51 @@ def test_farthest_point_is_diverse():
     picks = farthest_point(X, 4, np.random.default_rng(0), exclude=X[:1])
     d = np.linalg.norm(X[picks.indices][:, None] - X[picks.indices][None], axis=-1)
     assert d[np.triu_indices(4, 1)].min() > 0.3
+
+
+class _OnlyTheRole:
+    """A SurrogateModel that exposes the protocol's members and nothing else: any other attribute
+    the acquisition reached for would raise AttributeError."""
+
+    def __init__(self, inner: Surrogate):
+        self._inner = inner
+        self.outcomes, self.train_X, self.train_y = inner.outcomes, inner.train_X, inner.train_y
+        self.models, self.model = inner.models, inner.model
+
+    def fit(self, data):
+        return self._inner.fit(data)
+
+    def index(self, name):
+        return self._inner.index(name)
+
+    def predict(self, X, observation_noise=False):
+        return self._inner.predict(X, observation_noise=observation_noise)
+
+    def screen(self, X):
+        return self._inner.screen(X)
+
+    def state_dict(self):
+        return self._inner.state_dict()
+
+    def load_state_dict(self, state):
+        self._inner.load_state_dict(state)
+
+
+def test_acquisition_needs_only_the_surrogate_model_role(problem):
+    from xtalforge.model.base import SurrogateModel
+
+    s, _, pool = problem
+    role = _OnlyTheRole(s)
+    assert isinstance(s, SurrogateModel) and isinstance(role, SurrogateModel)
+    ids = [f"c{i}" for i in range(len(pool))]
+    feats = {i: pool[k] for k, i in enumerate(ids)}
+    for objectives, kinds, cons in [([Target("y", minimize=False)], ["qlognei", "ucb", "thompson", "random"],
+                                     [Constraint("g", "<=", 0.2)]),
+                                    ([Target("y", minimize=False), Target("g")], ["qlognehvi"], [])]:
+        picks = []
+        for sur in (s, role):
+            acq = Acquirer(objectives, cons, kinds=kinds, shortlist=32, moo_shortlist=24, mc_samples=128)
+            acq.select(sur, pool[:200], 3, np.random.default_rng(0), ids=ids[:200])
+            acq.update(sur, feats, {ids[0]: {"y": 1.0}})
+            picks.append(acq.select(sur, pool[:200], 3, np.random.default_rng(1), X_pending=pool[:1]).indices)
+        assert picks[0] == picks[1] and len(set(picks[0])) == 3

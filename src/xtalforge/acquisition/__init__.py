@@ -13,22 +13,22 @@ Write one `AcquisitionArm` subclass, in your own module, and register it once::
     import numpy as np
     from xtalforge.acquisition import AcquisitionArm, Round, register_arm
 
-    class LowestMean(AcquisitionArm):
-        \"\"\"Exploit only: the shortlisted candidates with the lowest posterior mean.\"\"\"
+    class BestMean(AcquisitionArm):
+        \"\"\"Exploit only: the shortlisted candidates with the best posterior mean.\"\"\"
 
-        name = "lowest_mean"      # what a config names: acquisition.kind / acquisition.portfolio
+        name = "best_mean"        # what a config names: acquisition.kind / acquisition.portfolio
         needs_draws = False       # True: read rd.draws / rd.objective_draws / rd.feasible
         single_objective = True   # serves one objective ...
         multi_objective = False   # ... and not several
 
         def pick(self, rd: Round, n, taken, rng):
             free = rd.available(taken)                 # shortlist positions still free
-            t = rd.objectives[0]
+            t = rd.objectives[0]                       # t.sign: +1 maximize, -1 minimize
             mean, _ = rd.surrogate.predict(rd.X_candidates[free])
-            order = np.argsort(mean[:, rd.surrogate.index(t.name)])[:n]
+            order = np.argsort(-t.sign * mean[:, rd.surrogate.index(t.name)])[:n]
             return free[order].tolist(), [0.0] * len(order)   # positions, one value each
 
-    register_arm(LowestMean)
+    register_arm(BestMean)
 
 `pick` returns up to `n` shortlist positions (rows of `rd.X_candidates`) not in `taken`, plus one
 value per pick (logged). Positions in `taken` (and the rows of `rd.X_pending`) are already in
@@ -38,7 +38,7 @@ Arms with `needs_draws = True` get `rd.draws` (S joint posterior draws over [bas
 shortlist] columns, `rd.column(position)` converts) and, for one objective, `rd.objective_draws`
 (maximization sense), `rd.feasible` and `rd.incumbent`. An arm with `needs_model = False` that
 runs alone is handed the whole pool instead of the shortlist. Import the module before the
-config is read (e.g. in the script that starts the campaign); `acquisition: {kind: lowest_mean}`
+config is read (e.g. in the script that starts the campaign); `acquisition: {kind: best_mean}`
 then validates and runs. Registering a name again replaces the earlier class.
 """
 
