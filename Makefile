@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/quickstart_time.py
+	$(BIN)/python benchmarks/round_time.py --controlled --repeats 1
 
 ui: $(STAMP)
 	$(BIN)/xtalforge ui

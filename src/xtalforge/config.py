@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pymatgen.core.periodic_table import Element
 
 
@@ -19,12 +19,24 @@ class _Strict(BaseModel):
 
 
 class GeneratorConfig(_Strict):
-    name: Literal["random_symmetric", "substitution", "evolutionary", "wyckoff", "pool"]
+    name: str = Field(description="a registered generator (xtalforge.generators.registry)")
     weight: float = Field(1.0, gt=0, description="prior share of the proposal budget")
     options: dict = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from xtalforge.generators.registry import generator_names
+
+        if v not in generator_names():
+            raise ValueError(f"unknown generator {v!r} (known: {', '.join(generator_names())})")
+        return v
+
 
 class MLIPConfig(_Strict):
+    """The MLIP oracle (`oracles: [{kind: mlip, ...}]`): relaxations on a Ray actor pool."""
+
+    name: str = Field("mlip", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$", description="its measurements are stored under it")
     model: str = Field("chgnet", description="'chgnet' (bundled weights) or an ASE calculator, "
                                              "'ase:package.module.Class'")
     model_options: dict = Field(default_factory=dict, description="keyword arguments of the ASE calculator")
@@ -239,14 +251,18 @@ class CampaignConfig(_Strict):
     generators: list[GeneratorConfig] = Field(
         default_factory=lambda: [GeneratorConfig(name="random_symmetric")]
     )
-    mlip: MLIPConfig = Field(default_factory=MLIPConfig)
+    oracles: list[dict] = Field(
+        default_factory=lambda: [{"kind": "mlip"}],
+        description="what measures candidates: one `screen` oracle (the acquisition's picks; "
+        "default the MLIP) and any `confirm` oracles (a lab, DFT); each entry is {kind: ..., "
+        "options...}. The top-level `mlip:` and `lab:` keys are shorthand for the entry of that kind")
     hull: HullConfig = Field(default_factory=HullConfig)
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: str = "runs"
-    lab: LabConfig | None = Field(None, description="a lab oracle answering asynchronously")
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    _specs: list = PrivateAttr(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -266,6 +282,98 @@ class CampaignConfig(_Strict):
         if not v:
             raise ValueError("name at least one element")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _oracle_shorthand(cls, data):
+        """`mlip:` and `lab:` at the top level replace (or add) the `oracles` entry of that
+        kind; `lab: null` removes the lab."""
+        if not isinstance(data, dict) or not ({"mlip", "lab"} & set(data)):
+            return data
+        data = dict(data)
+        entries = [dict(e) if isinstance(e, dict) else e for e in data.get("oracles") or [{"kind": "mlip"}]]
+        for kind in ("mlip", "lab"):
+            if kind not in data:
+                continue
+            value = data.pop(kind)
+            at = next((i for i, e in enumerate(entries) if isinstance(e, dict) and e.get("kind") == kind), None)
+            if value is None:
+                entries = [e for i, e in enumerate(entries) if i != at]
+                continue
+            if not isinstance(value, dict):
+                raise ValueError(f"{kind}: expected a mapping of options")
+            entry = {"kind": kind, **value}
+            if at is None:
+                entries.append(entry)
+            else:
+                entries[at] = entry
+        data["oracles"] = entries
+        return data
+
+    @model_validator(mode="after")
+    def _oracles_known(self) -> CampaignConfig:
+        from xtalforge.oracles.base import UnknownOracle, oracle_kind
+
+        specs, problems = [], []
+        for i, entry in enumerate(self.oracles):
+            if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+                problems.append(f"oracles.{i}: name its kind, e.g. {{kind: mlip}}")
+                continue
+            options = {k: v for k, v in entry.items() if k != "kind"}
+            try:
+                kind = oracle_kind(entry["kind"])
+                spec = kind.options.model_validate(options)
+            except UnknownOracle as err:
+                problems.append(f"oracles.{i}.kind: {err}")
+                continue
+            except ValidationError as err:
+                problems += [f"oracles.{i}.{line}" for line in _format(err)]
+                continue
+            specs.append((kind, spec))
+        if problems:
+            raise ValueError("; ".join(problems))
+        screens = [s for k, s in specs if k.role == "screen"]
+        if len(screens) != 1:
+            raise ValueError(f"oracles: name exactly one oracle that evaluates the acquisition's picks "
+                             f"(role screen, e.g. kind mlip); found {len(screens)}")
+        names = [getattr(s, "name", k.kind) for k, s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"oracles: each oracle needs its own name (got {', '.join(names)})")
+        # written back in full, defaults included, so config.yaml says what ran
+        self.oracles = [{"kind": k.kind, **s.model_dump()} for k, s in specs]
+        self._specs = [(k, s) for k, s in specs]
+        return self
+
+    def tracking_params(self) -> dict:
+        """The config as MLflow params: each oracle under its own name (`mlip.fmax`)."""
+        out = {k: v for k, v in self.model_dump().items() if k != "oracles"}
+        for e in self.oracles:
+            out[e.get("name", e["kind"])] = {k: v for k, v in e.items() if k != "name"}
+        return out
+
+    def oracle_specs(self) -> list:
+        """The validated options of each oracle, in config order (each has `.name`)."""
+        return [s for _, s in self._specs]
+
+    def oracle_kinds(self) -> list:
+        """(OracleKind, options) per oracle, in config order."""
+        return list(self._specs)
+
+    def screen_oracle(self):
+        """The options of the oracle that evaluates the acquisition's picks."""
+        return next(s for k, s in self._specs if k.role == "screen")
+
+    def oracle_of_kind(self, kind: str):
+        """The options of the first oracle of `kind`, or None."""
+        return next((s for k, s in self._specs if k.kind == kind), None)
+
+    @property
+    def mlip(self) -> MLIPConfig | None:
+        return self.oracle_of_kind("mlip")
+
+    @property
+    def lab(self) -> LabConfig | None:
+        return self.oracle_of_kind("lab")
 
     @model_validator(mode="after")
     def _generators_unique(self) -> CampaignConfig:

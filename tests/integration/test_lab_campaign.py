@@ -119,14 +119,16 @@ def test_lab_answers_across_stop_and_resume(tmp_path, ray_local):
     # lab values train the surrogate at the high fidelity, beside the MLIP's (multi-fidelity)
     again = Campaign.open(run_dir, progress=False)
     try:
-        again._build()
-        again._lab_collect(2)
+        results = again.load()
+        lab_oracle = LabOracle(again.cfg.lab, again.store, run_dir)
+        for m in lab_oracle.collect():
+            results.record(m)
         feats = again.store.features([c.id for c in again.store.candidates()])
-        d = again._training_data(feats)["e_above_hull"]
+        d = again.selector.training_data(feats, [lab_oracle])["e_above_hull"]
         rows = list(zip(d.ids, d.y, d.fidelity if d.fidelity is not None else [1] * len(d.ids)))
         for m in lab_ms:
             assert (m.candidate_id, m.values["e_above_hull"], 2) in [(i, float(v), int(f)) for i, v, f in rows]
-        e_hull = again.hull.all_e_above_hull()
+        e_hull = results.e_above_hull()
         mlip_rows = [(i, v) for i, v, f in rows if f == 1]
         assert mlip_rows and np.allclose([v for _, v in mlip_rows], [e_hull[i] for i, _ in mlip_rows])
     finally:
@@ -143,10 +145,12 @@ def test_a_round_waits_for_the_lab_only_when_told_and_only_so_long(tmp_path):
                             "lab": {**LAB, "wait": wait, "wait_timeout_s": 4.0}})
         camp = Campaign.create(cfg, progress=False)
         try:
+            camp.load()
+            camp.oracles = [LabOracle(camp.cfg.lab, camp.store, camp.run_dir)]
             camp.store.add_candidates(cands[:2])
             camp.store.add_selection(0, "lab", [(cands[0].id, 0.0)])  # round 0 picked one for the lab
             t0 = time.monotonic()
-            out = camp._lab_request(0)
+            out = camp._confirm(0)
             waits.append(time.monotonic() - t0)
             assert out["lab_requests_new"] == 1.0 and out["lab_requests_open"] == 1.0
             assert ("time_lab_wait_s" in out) == wait
@@ -163,7 +167,7 @@ def test_a_round_waits_for_the_lab_only_when_told_and_only_so_long(tmp_path):
                 lab_answers = threading.Timer(0.3, drop)
                 lab_answers.start()
                 t0 = time.monotonic()
-                out = camp._lab_request(1)
+                out = camp._confirm(1)
                 lab_answers.join()
                 # polled once a second: back within about a second of the answer, not at the timeout
                 assert time.monotonic() - t0 < 3.5 and out["lab_results_waited"] == 1.0

@@ -103,14 +103,14 @@ def test_predictions_survive_a_new_campaign_object(tmp_path):
     run = tmp_path / "p"
     run.mkdir()
     a = Campaign(cfg, run, progress=False)
-    a._predicted.update({"x1": (0.12, 0.05), "x2": (-0.01, 0.2)})
-    a._save_predictions(1)
-    a._predicted["x3"] = (0.3, 0.1)
-    a._save_predictions(2)
+    ra = a.load()
+    ra.predicted.update({"x1": (0.12, 0.05), "x2": (-0.01, 0.2)})
+    ra.save_predictions(1)
+    ra.predicted["x3"] = (0.3, 0.1)
+    ra.save_predictions(2)
     a.store.close()
     b = Campaign(cfg, run, progress=False)
-    b._load_predictions()
-    assert b._predictions() == {"x1": (0.12, 0.05, 1), "x2": (-0.01, 0.2, 1), "x3": (0.3, 0.1, 2)}
+    assert b.load().predictions() == {"x1": (0.12, 0.05, 1), "x2": (-0.01, 0.2, 1), "x3": (0.3, 0.1, 2)}
     b.store.close()
 
 
@@ -125,7 +125,7 @@ def _campaign_folder(tmp_path: Path) -> tuple[Path, str, Tracker]:
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump()))
     tr = Tracker(uri, "ui-test", artifact_root=run.parent / "mlartifacts")
-    run_id = tr.start("ui", cfg.model_dump(), {"chemical_system": cfg.chemsys, "git_commit": "abc"})
+    run_id = tr.start("ui", cfg.tracking_params(), {"chemical_system": cfg.chemsys, "git_commit": "abc"})
     st = CampaignStore(f"sqlite:///{run / 'store.db'}")
     st.put("mlflow_run_id", run_id)
     st.close()

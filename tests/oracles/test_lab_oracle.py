@@ -13,14 +13,15 @@ import yaml
 from tests.oracles.test_lab_validation import QUANTITIES, body, good_row, make_lab_run
 from xtalforge.cli.main import main
 from xtalforge.config import parse_config
-from xtalforge.oracles.lab.oracle import choose_for_lab
+from xtalforge.loop.selector import most_promising
 from xtalforge.oracles.lab.intake import TOKEN_KEY, submit_results, token_ok
 from xtalforge.types import Measurement, Status
 
 
 def test_requests_are_stored_once_and_exported_as_files(tmp_path):
     _cfg, store, _run, cands, lab = make_lab_run(tmp_path, n_requested=2)
-    assert lab.submit(cands[:3], round=1) == 1  # the first two were already asked
+    lab.submit(cands[:3], round=1)
+    assert lab.last_new == 1  # the first two were already asked
     reqs = store.lab_requests("lab")
     assert [r["candidate_id"] for r in reqs] == [c.id for c in cands[:3]]
     assert [r["round"] for r in reqs] == [0, 0, 1]
@@ -101,12 +102,12 @@ def test_wait_for_returns_when_the_lab_answers(tmp_path):
     assert 0.25 < time.monotonic() - t0 < 3
 
 
-def test_choose_for_lab_sends_the_best_unsent_mlip_results():
+def test_a_confirming_oracle_gets_the_best_unsent_screened_results():
     ms = {cid: Measurement(cid, "mlip", 1, values={"e_above_hull": e}) for cid, e in
           [("a", 0.3), ("b", 0.0), ("c", 0.1), ("d", 0.05)]}
     ms["d"].status = Status.failed
-    assert choose_for_lab(ms, {"a": 0.3, "b": 0.0, "c": 0.1}, requested={"b"}, n=2) == [("c", -0.1), ("a", -0.3)]
-    assert choose_for_lab(ms, {"a": 0.3}, requested=set(), n=0) == []
+    assert most_promising(ms, {"a": 0.3, "b": 0.0, "c": 0.1}, exclude={"b"}, n=2) == [("c", -0.1), ("a", -0.3)]
+    assert most_promising(ms, {"a": 0.3}, exclude=set(), n=0) == []
 
 
 def _cli_run(tmp_path):

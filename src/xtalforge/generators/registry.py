@@ -1,4 +1,9 @@
-"""Generator registry: config name -> constructor. Adding a generator is one line here."""
+"""The one registry of generators a config may name: config name -> constructor.
+
+A shipped generator is one module plus one line in REGISTRY; a third party's is one
+`register_generator(name, factory)` call from their own module, where
+`factory(elements, max_atoms, options) -> Generator` (see generators/base.py for the role).
+"""
 
 from __future__ import annotations
 
@@ -38,6 +43,15 @@ REGISTRY: dict[str, Callable[..., Generator]] = {
     "wyckoff": _wyckoff,
     "pool": lambda el, n, opt: __import__("xtalforge.generators.pool", fromlist=["_"]).PoolGenerator(el, n, **opt),
 }
+
+
+def register_generator(name: str, factory: Callable[..., Generator]) -> None:
+    """Make `name` available to configs; `factory(elements, max_atoms, options)` builds it."""
+    REGISTRY[name] = factory
+
+
+def generator_names() -> list[str]:
+    return sorted(REGISTRY)
 
 
 def build_generator(name: str, elements: tuple[str, ...], max_atoms: int, options: dict | None = None) -> Generator:

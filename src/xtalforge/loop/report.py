@@ -25,7 +25,7 @@ from xtalforge.loop import plots
 from xtalforge.types import Status
 
 if TYPE_CHECKING:
-    from xtalforge.loop.campaign import Campaign
+    from xtalforge.loop.results import CampaignResults
     from xtalforge.loop.tracking import Tracker
 
 # plot file stem -> MLflow image key; the keys are part of the dashboard's contract
@@ -72,16 +72,16 @@ def _second_value(cand, m) -> float:
     return float(v) if isinstance(v, (int, float)) else float("nan")
 
 
-def ranked(c: Campaign) -> list[dict]:
+def ranked(c: CampaignResults) -> list[dict]:
     """Every evaluated candidate with its current e_above_hull, best first; failures last.
 
     Each row says how the candidate was found (generator, round, parents), whether it is a hit,
     and what the surrogate predicted for it when it was picked."""
     e_hull = c.hull.all_e_above_hull()
     cands = {x.id: x for x in c.store.candidates(ids=list(c.measured))}
-    hits = c._hits()
-    novel = c._novel(list(cands.values()))
-    pred = c._predictions()
+    hits = c.hits()
+    novel = c.novel(list(cands.values()))
+    pred = c.predictions()
     rows = []
     for cid, m in c.measured.items():
         cand = cands.get(cid)
@@ -151,12 +151,12 @@ def _write_cifs(rows: list[dict], folder: Path, k: int) -> list[Path]:
     return out
 
 
-def write_plots(c: Campaign, rows: list[dict], folder: Path) -> dict[str, Path]:
+def write_plots(c: CampaignResults, rows: list[dict], folder: Path) -> dict[str, Path]:
     """The four dashboard plots from the campaign's current state, as PNGs in `folder`."""
     return render_plots(plot_inputs(c, rows), folder)
 
 
-def plot_inputs(c: Campaign, rows: list[dict]) -> dict[str, Callable[[Path], Path]]:
+def plot_inputs(c: CampaignResults, rows: list[dict]) -> dict[str, Callable[[Path], Path]]:
     """One drawing job per dashboard plot, holding copies of the data it draws: the jobs read
     nothing from the campaign, so they can run in a thread while the campaign moves on."""
     thr = c.cfg.hull.stable_threshold
@@ -196,12 +196,12 @@ def render_plots(jobs: dict[str, Callable[[Path], Path]], folder: Path) -> dict[
     return out
 
 
-def _pareto_inputs(c: Campaign, ok: list[dict]) -> tuple[tuple, dict]:
+def _pareto_inputs(c: CampaignResults, ok: list[dict]) -> tuple[tuple, dict]:
     """Arguments of plots.pareto_plot for the front of the campaign's objectives (see
-    Campaign._objectives); with one objective and no synthesizability scores, e_above_hull
+    CampaignResults.objectives); with one objective and no synthesizability scores, e_above_hull
     against density so the plot still informs."""
-    names, minimize = c._objectives()
-    table = c._objective_values(names, c.hull.all_e_above_hull())
+    names, minimize = c.objectives()
+    table = c.objective_values(names, c.hull.all_e_above_hull())
     formula = {d["id"]: d["formula"] for d in ok}
     if table:
         ids = list(table)
@@ -229,7 +229,7 @@ class RoundRecord:
     config: Path | None
 
 
-def snapshot_round(c: Campaign, r: int, metrics: dict, rows: list[dict] | None = None) -> RoundRecord:
+def snapshot_round(c: CampaignResults, r: int, metrics: dict, rows: list[dict] | None = None) -> RoundRecord:
     """The round's record, from the campaign as it stands (cheap: no file is written)."""
     rows = ranked(c) if rows is None else rows
     config = c.run_dir / "config.yaml"
@@ -254,7 +254,51 @@ def write_record(rec: RoundRecord, tracker: Tracker | None) -> None:
         tracker.set_description(rec.description)
 
 
-def run_description(c: Campaign, r: int, m: dict, rows: list[dict]) -> str:
+class RecordWriter:
+    """Writes each round's record: at once, or held back and written in `background` during the
+    next round's oracle (`later`). Writing never raises: the files are derived from the store,
+    never worth a campaign."""
+
+    def __init__(self, progress: bool = True):
+        self.progress = progress
+        self.tracker: Tracker | None = None
+        self.background = None  # a concurrent.futures executor, set by the campaign's run()
+        self._held: RoundRecord | None = None
+        self._writing = None
+
+    def record(self, rec: RoundRecord, later: bool) -> None:
+        self.flush(wait=True)
+        if later:
+            self._held = rec
+            return
+        with stage("writing tables, CIFs and plots", self.progress):
+            self._write(rec)
+
+    def flush(self, wait: bool = False) -> None:
+        """Start writing the held-back record in the background (or, with `wait`, write it and
+        wait for it and any write still running)."""
+        rec, self._held = self._held, None
+        if self._writing is not None:
+            self._writing.result()
+            self._writing = None
+        if rec is None:
+            return
+        if wait or self.background is None:
+            self._write(rec)
+            return
+        self._writing = self.background.submit(self._write, rec)
+
+    def _write(self, rec: RoundRecord) -> None:
+        try:
+            write_record(rec, self.tracker)
+        except Exception as err:
+            import logging
+
+            logging.getLogger(__name__).warning("writing round %d's files failed: %s: %s",
+                                                rec.round + 1, type(err).__name__, err)
+
+
+def run_description(c: CampaignResults, r: int, m: dict, rows: list[dict]) -> str:
     """Markdown for the top of the MLflow run page: where the campaign stands, its best finds."""
     lines = [f"**{c.cfg.chemsys}**, round {r + 1} of {c.cfg.rounds}: "
              f"{int(m.get('sun_count', 0))} hits in {int(m.get('evaluations_total', 0))} oracle calls, "
@@ -272,7 +316,8 @@ def _fmt(v: float, spec: str = ".3f") -> str:
     return "—" if v is None or not math.isfinite(float(v)) else format(float(v), spec)
 
 
-def print_round(c: Campaign, r: int, m: dict, rows: list[dict] | None = None) -> None:
+def print_round(c: CampaignResults, generators: list[str], r: int, m: dict, rows: list[dict] | None = None,
+                echo: Callable[[str], None] = print) -> None:
     """A one-screen summary of the round: per generator, then results, surrogate and timings."""
     from rich.console import Console
     from rich.table import Table
@@ -281,17 +326,17 @@ def print_round(c: Campaign, r: int, m: dict, rows: list[dict] | None = None) ->
     for col in ("generator", "proposed", "valid", "unique", "novel", "evaluated", "hits so far"):
         t.add_column(col, justify="left" if col == "generator" else "right")
     rows = {d["id"]: d for d in (ranked(c) if rows is None else rows)}
-    for g in c.generators:
-        mine = [d for d in rows.values() if d["source"] == g.name]
-        t.add_row(g.name, *(str(int(m.get(f"{k}_{g.name}", 0))) for k in ("proposals", "valid", "unique", "novel")),
+    for g in generators:
+        mine = [d for d in rows.values() if d["source"] == g]
+        t.add_row(g, *(str(int(m.get(f"{k}_{g}", 0))) for k in ("proposals", "valid", "unique", "novel")),
                   str(sum(d["evaluated_round"] == r for d in mine)), str(sum(d["hit"] for d in mine)))
     t.add_row("[b]all[/b]", *(str(int(m.get(k, 0))) for k in ("proposals", "valid", "unique", "novel")),
-              str(int(m.get("evaluations_mlip", 0))), str(int(m.get("sun_count", 0))))
+              str(int(m.get(f"evaluations_{c.screen}", 0))), str(int(m.get("sun_count", 0))))
     stages = ("generate", "oracle_startup", "featurize", "acquire", "oracle", "update", "record")
     lines = [
         f"best e_above_hull {_fmt(m.get('best_e_above_hull'), '+.3f')} eV/atom · hits {int(m.get('sun_count', 0))} "
         f"({_fmt(m.get('sun_rate'), '.1%')} of {int(m.get('evaluations_total', 0))} calls) · "
-        f"failed {int(m.get('failed_mlip', 0))} · oracle use {_fmt(m.get('oracle_utilization'), '.0%')}",
+        f"failed {int(m.get(f'failed_{c.screen}', 0))} · oracle use {_fmt(m.get('oracle_utilization'), '.0%')}",
         f"surrogate MAE {_fmt(m.get('surrogate_mae_last_round'))} eV/atom, within 1σ "
         f"{_fmt(m.get('surrogate_within_1sigma'), '.0%')} · pool {int(m.get('pool_size', 0))}",
         "time (s): " + " · ".join(f"{s.replace('oracle_', '')} {_fmt(m.get(f'time_{s}_s'), '.1f')}"
@@ -305,28 +350,30 @@ def print_round(c: Campaign, r: int, m: dict, rows: list[dict] | None = None) ->
     con.print(t)
     for line in lines:
         con.print("  " + line, highlight=False)
-    c.echo(buf.getvalue().rstrip("\n"))
+    echo(buf.getvalue().rstrip("\n"))
 
 
 # -- the end of a campaign ----------------------------------------------------------------
-def write_final(c: Campaign, routes: dict[str, list[dict]] | None = None) -> dict[str, Path]:
+def write_final(c: CampaignResults, tracker: Tracker | None,
+                routes: dict[str, list[dict]] | None = None) -> dict[str, Path]:
     """candidates.csv, top_cifs/ and the report (report/report.md and .html) in the run folder,
     all copied to MLflow. `routes` maps candidate id to synthesis routes for the report."""
     rows = ranked(c)
     _write_csv(rows, c.run_dir / "candidates.csv")
     cifs = _write_cifs(rows, c.run_dir / "top_cifs", max(c.cfg.tracking.top_k, 10))
     figs = write_plots(c, rows, c.run_dir / "report" / "plots")
-    md, html = write_report(c, rows, figs, c.run_dir / "report", routes)
-    if c.tracker is not None:
-        c.tracker.log_artifact(c.run_dir / "candidates.csv")
-        c.tracker.log_artifacts(c.run_dir / "top_cifs", "top_cifs")
-        c.tracker.log_artifacts(c.run_dir / "report", "report")
+    md, html = write_report(c, rows, figs, c.run_dir / "report", routes,
+                            run_url=tracker.run_url() if tracker else "—")
+    if tracker is not None:
+        tracker.log_artifact(c.run_dir / "candidates.csv")
+        tracker.log_artifacts(c.run_dir / "top_cifs", "top_cifs")
+        tracker.log_artifacts(c.run_dir / "report", "report")
     return {"csv": c.run_dir / "candidates.csv", "cifs": c.run_dir / "top_cifs", "n_cifs": len(cifs),
             "report_md": md, "report_html": html}
 
 
-def write_report(c: Campaign, rows: list[dict], figs: dict[str, Path], folder: Path,
-                 routes: dict[str, list[dict]] | None = None, top: int = 10) -> tuple[Path, Path]:
+def write_report(c: CampaignResults, rows: list[dict], figs: dict[str, Path], folder: Path,
+                 routes: dict[str, list[dict]] | None = None, top: int = 10, run_url: str = "—") -> tuple[Path, Path]:
     """The campaign report as Markdown (links to the PNGs) and self-contained HTML (PNGs inline).
 
     `routes` (candidate id -> list of route dicts, e.g. precursors, temperature, score) comes
@@ -345,13 +392,13 @@ def write_report(c: Campaign, rows: list[dict], figs: dict[str, Path], folder: P
         "facts": [
             ("run folder", str(c.run_dir)),
             ("rounds done", f"{sum(1 for s in c.store.stages().values() if s == 'done')} of {c.cfg.rounds}"),
-            ("oracle calls (MLIP)", str(len(rows))),
+            (f"oracle calls ({c.screen})", str(len(rows))),
             ("hits (stable, unique, novel)", f"{sum(d['hit'] for d in rows)} "
                                              f"(threshold {c.cfg.hull.stable_threshold:g} eV/atom)"),
             ("best e_above_hull", f"{_fmt(ok[0]['e_above_hull'], '+.3f')} eV/atom" if ok else "—"),
             ("surrogate MAE, last round", f"{_fmt(last.get('surrogate_mae_last_round'))} eV/atom"),
             ("config hash", c.cfg.config_hash()),
-            ("MLflow run", c.tracker.run_url() if c.tracker else "—"),
+            ("MLflow run", run_url),
         ],
         "plots": [(name.replace("_", " "), path) for name, path in figs.items()],
         "top": ok[:top],
@@ -364,7 +411,8 @@ def write_report(c: Campaign, rows: list[dict], figs: dict[str, Path], folder: P
     return md, html
 
 
-def print_final(c: Campaign, paths: dict) -> None:
+def print_final(c: CampaignResults, paths: dict, tracker: Tracker | None = None,
+                echo: Callable[[str], None] = print) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -377,11 +425,40 @@ def print_final(c: Campaign, paths: dict) -> None:
                   f"{d['e_form_per_atom']:+.3f}", "★" if d["hit"] else "", d["source"], str(d["round"] + 1))
     # a pipe or a log file gets 120 columns, not the 80 rich assumes
     Console(width=None if sys.stdout.isatty() else 120).print(t)
-    c.echo(f"candidates table: {paths['csv']}")
-    c.echo(f"top CIFs:         {paths['cifs']}/")
+    echo(f"candidates table: {paths['csv']}")
+    echo(f"top CIFs:         {paths['cifs']}/")
     if paths.get("report_html"):
-        c.echo(f"report:           {paths['report_html']}")
-    if c.tracker is not None:
-        c.echo(f"MLflow:           {c.tracker.run_url()}")
-        c.echo(f"                  open it with: xtalforge ui {c.run_dir}")
+        echo(f"report:           {paths['report_html']}")
+    if tracker is not None:
+        echo(f"MLflow:           {tracker.run_url()}")
+        echo(f"                  open it with: xtalforge ui {c.run_dir}")
+
+
+def synthesis_routes(c: CampaignResults, written: list[Path] | None = None) -> dict[str, list[dict]] | None:
+    """Solid-state routes for the best candidates: candidate id -> rows (reaction, precursors,
+    by-products, reaction energy per atom), best first. Also written to synthesis_routes.csv
+    and .md in the run folder (their paths appended to `written`)."""
+    import logging
+
+    scfg = c.cfg.synthesis
+    if scfg.routes_per_target == 0:
+        return None
+    from xtalforge.synthesis.routes import routes_table, targets_from_hull, write_routes_csv, write_routes_markdown
+
+    e_hull = c.hull.all_e_above_hull()
+    top = sorted(e_hull, key=e_hull.get)[: max(c.cfg.tracking.top_k, 1)]
+    try:
+        rows = routes_table(targets_from_hull(c.hull, top), hull=c.hull, references=c.hull.references,
+                            precursors=scfg.precursors, per_target=scfg.routes_per_target)
+    except Exception as err:  # a route planner problem must not lose the campaign's report
+        logging.getLogger(__name__).warning("synthesis routes failed: %s", err)
+        return None
+    for writer, name in ((write_routes_csv, "synthesis_routes.csv"), (write_routes_markdown, "synthesis_routes.md")):
+        path = writer(rows, c.run_dir / name)
+        if written is not None:
+            written.append(path)
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["candidate_id"], []).append(row)
+    return out
 

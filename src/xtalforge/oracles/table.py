@@ -101,6 +101,8 @@ class TableOracle:
                                error=f"non-finite value in the table for {', '.join(bad)} (row {lab})")
         return Measurement(**base, values=values, status=Status.ok)
 
+    role = "screen"
+
     # -- Oracle role -----------------------------------------------------------------------
     def submit(self, candidates: Sequence[Candidate], round: int = -1) -> None:
         now = time.time()
@@ -120,6 +122,9 @@ class TableOracle:
 
     def pending(self) -> list[str]:
         return [c.id for c, *_ in self._queue]
+
+    def shutdown(self) -> None:
+        self._queue = []
 
     def values(self, column: str) -> np.ndarray:
         """Every finite value of `column` in the table (for backtest bookkeeping)."""

@@ -43,24 +43,12 @@ def suggested_route(c: Candidate) -> str:
     return route if isinstance(route, str) else json.dumps(route, default=str)
 
 
-def choose_for_lab(measured: Mapping[str, Measurement], e_above_hull: Mapping[str, float],
-                   requested: Iterable[str], n: int) -> list[tuple[str, float]]:
-    """The `n` most promising MLIP results not yet sent to the lab, as (id, -e_above_hull).
-
-    The lab confirms: it gets the candidates with the lowest e_above_hull (eV/atom) at MLIP
-    fidelity, which the cheap oracle already screened."""
-    sent = set(requested)
-    ranked = sorted(
-        (e_above_hull[cid], cid) for cid, m in measured.items()
-        if m.status == Status.ok and cid in e_above_hull and cid not in sent
-    )
-    return [(cid, -e) for e, cid in ranked[: max(0, n)]]
-
-
 class LabOracle:
-    """Oracle role over a durable request queue; the store is the queue."""
+    """Oracle role (confirm) over a durable request queue; the store is the queue. Each round it
+    gets the `requests_per_round` most promising screened candidates it has not been asked about."""
 
     fidelity = int(Fidelity.lab)
+    role = "confirm"
 
     def __init__(self, cfg: LabConfig, store: LabStore, run_dir: Path, poll_s: float = 1.0):
         self.cfg = cfg
@@ -73,11 +61,17 @@ class LabOracle:
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.results: dict[str, Measurement] = {}  # every lab result seen, by candidate id
         self.last_inbox: list[tuple[Path, Outcome]] = []
+        self.per_round = cfg.requests_per_round
+        self.wait_timeout_s = cfg.wait_timeout_s if cfg.wait else None
+        # a lab quantity that measures the campaign's e_above_hull objective stands in for it
+        self.trains = {"e_above_hull": cfg.trains} if cfg.trains else {}
+        self.last_new = 0
+        self._waited: dict[str, float] = {}
 
     # -- requests out ----------------------------------------------------------------------
-    def submit(self, candidates: Sequence[Candidate], round: int = -1) -> int:
+    def submit(self, candidates: Sequence[Candidate], round: int = -1) -> None:
         """Store a request per candidate (idempotent: a candidate is asked once) and export the
-        request files. Returns how many requests were new."""
+        request files; `last_new` says how many requests were new."""
         from pymatgen.io.cif import CifWriter
 
         specs = [q.model_dump() for q in self.cfg.quantities]
@@ -87,9 +81,8 @@ class LabOracle:
                  route=suggested_route(c))
             for c in candidates
         ]
-        new = self.store.add_lab_requests(rows)
+        self.last_new = self.store.add_lab_requests(rows)
         self.export()
-        return new
 
     def export(self) -> None:
         """Rewrite the request files from the store (the store is the truth; files are a view)."""
@@ -121,13 +114,33 @@ class LabOracle:
         """Collect until every id in `ids` has a result or `timeout_s` seconds pass."""
         want = set(ids)
         got: list[Measurement] = []
-        deadline = time.monotonic() + timeout_s
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
         while True:
             got.extend(self._collect_once())
             left = deadline - time.monotonic()
             if want <= set(self.results) or left <= 0:
+                self._waited = {"time_lab_wait_s": time.monotonic() - t0, "lab_results_waited": float(len(got))}
                 return got
             time.sleep(min(self.poll_s, left))
+
+    def shutdown(self) -> None:
+        """Nothing runs in the background: requests and results live in the store."""
+
+    def notes(self) -> list[str]:
+        """What the last look at the inbox did, a line per file."""
+        return [f"  lab inbox: {path.name}: {out.summary()}" for path, out in self.last_inbox]
+
+    def metrics_after_collect(self, previous: Mapping[str, float]) -> dict[str, float]:
+        """lab_results_new, counted against the previous round's total (not this process's
+        view), so it reads the same after a resume."""
+        return {"lab_results_new": max(0.0, len(self.results) - previous.get("lab_results_total", 0.0))}
+
+    def metrics_after_submit(self) -> dict[str, float]:
+        out = {"lab_requests_new": float(self.last_new), **self._waited,
+               "lab_requests_open": float(len(self.pending())), "lab_results_total": float(len(self.results))}
+        self.last_new, self._waited = 0, {}
+        return out
 
     def _collect_once(self) -> list[Measurement]:
         self.last_inbox = process_inbox(self.store, self.name, self.inbox)

@@ -97,25 +97,29 @@ class _Chunk:
 
 
 class MLIPOracle:
-    """Oracle role over a Ray actor pool. Energies become e_above_hull against `hull` (None:
-    relaxation values only)."""
+    """Oracle role (screen) over a Ray actor pool. Measurements carry the relaxed structure and
+    its energy per atom on the hull's scale (`corrected_energy_per_atom`); with a `hull`, the
+    oracle also adds e_form_per_atom and e_above_hull itself (benchmarks and tests; a campaign
+    passes None and updates its hull where it stores results)."""
 
-    name = "mlip"
     fidelity = int(Fidelity.mlip)
+    role = "screen"
 
     def __init__(self, hull: Hull | None, workers: int = 2, fmax: float = 0.1, max_steps: int = 300,
                  relax_cell: bool = True, timeout_s: float = 600.0, apply_mp2020: bool = True,
                  on_result: Callable[[Measurement], None] | None = None, model: str = "chgnet",
                  model_options: dict | None = None, batched: bool | str = "auto", max_batch: int = 16,
-                 device: str = "auto", properties: Sequence[str] = (), hang_grace_s: float | None = None):
+                 device: str = "auto", properties: Sequence[str] = (), hang_grace_s: float | None = None,
+                 name: str = "mlip"):
         from xtalforge.oracles.mlip.relax import is_ase_model, load_ase_calculator
 
         if is_ase_model(model):  # a typo should fail here, once, not in every actor
             load_ase_calculator(model, model_options)
         elif model != "chgnet":
             raise ValueError(f"unknown MLIP model {model!r}: use 'chgnet' or 'ase:package.module.Class'")
+        self.name = name
         self.hull = hull
-        self.n_workers = workers
+        self.n_workers = self.workers = workers
         self.fmax, self.max_steps, self.relax_cell = fmax, max_steps, relax_cell
         self.timeout_s = timeout_s
         self.hang_grace_s = hang_grace_s if hang_grace_s is not None else max(10.0, 0.25 * timeout_s)

@@ -1,0 +1,246 @@
+"""What a campaign has found so far: measurements by oracle, the convex hull they build, hits,
+novelty, objective values, the surrogate's pick-time predictions and the round's metrics.
+
+Everything here is rebuilt from the store (`CampaignResults.load`), so a resumed campaign, the
+report and `xtalforge status` all read the same numbers. `record` is the one place a result
+enters: it updates the hull (for the screening oracle's energies) before it is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xtalforge.config import CampaignConfig
+from xtalforge.loop.store import CampaignStore
+from xtalforge.references.hull import Hull, gather_references, mp2020_entry
+from xtalforge.types import Candidate, Measurement, Status
+
+log = logging.getLogger(__name__)
+
+
+def build_hull(cfg: CampaignConfig, run_dir: Path) -> Hull:
+    """The campaign's convex hull before any of its own results: MP elemental references, the
+    config's reference files and (only with MP_API_KEY set, or a cache from an earlier fetch)
+    the system's Materials Project entries, cached beside the run folders."""
+    refs = gather_references(cfg.elements, cfg.hull.references, mp_api=None, cache_dir=Path(run_dir).parent / "mp_cache")
+    screen = cfg.screen_oracle()
+    model = getattr(screen, "model", "")
+    if model and not model.startswith("chgnet") and not refs:
+        log.warning("mlip.model %s is not on the Materials Project energy scale, but the hull only has MP "
+                    "elemental references: name references on the model's scale in hull.references", model)
+    return Hull(cfg.elements, refs)
+
+
+def hull_entry(m: Measurement):
+    """The hull entry of a screening result, or None when it has no energy on the hull's scale:
+    `corrected_energy_per_atom` (or `energy_per_atom`), eV/atom, times the relaxed cell's atoms."""
+    if m.status != Status.ok or m.relaxed is None:
+        return None
+    e = m.values.get("corrected_energy_per_atom", m.values.get("energy_per_atom"))
+    if e is None or not np.isfinite(e):
+        return None
+    return mp2020_entry(m.relaxed, float(e) * len(m.relaxed), m.candidate_id, apply=False)
+
+
+class CampaignResults:
+    """The campaign's findings over its store and hull. `measured` holds the screening oracle's
+    results by candidate id (insertion order: the order they landed); `by_oracle` every oracle's."""
+
+    def __init__(self, cfg: CampaignConfig, store: CampaignStore, run_dir: Path, hull: Hull):
+        self.cfg, self.store, self.run_dir, self.hull = cfg, store, Path(run_dir), hull
+        self.screen = cfg.screen_oracle().name
+        self.by_oracle: dict[str, dict[str, Measurement]] = {o.name: {} for o in cfg.oracle_specs()}
+        self.measured = self.by_oracle[self.screen]
+        # the surrogate's (mean, stdev) of e_above_hull (eV/atom) at pick time, and the round
+        self.predicted: dict[str, tuple[float, float]] = {}
+        self.predicted_round: dict[str, int] = {}
+        self._references: list | None = None
+        self._novelty: dict[str, bool] = {}
+
+    @classmethod
+    def load(cls, cfg: CampaignConfig, store: CampaignStore, run_dir: Path) -> CampaignResults:
+        res = cls(cfg, store, run_dir, build_hull(cfg, run_dir))
+        for name, table in res.by_oracle.items():
+            for m in store.measurements(oracle=name):
+                table[m.candidate_id] = m
+                if name == res.screen and (entry := hull_entry(m)) is not None:
+                    res.hull.add(m.candidate_id, entry)
+        res.load_predictions()
+        return res
+
+    # -- results in ------------------------------------------------------------------------
+    def record(self, m: Measurement) -> bool:
+        """Commit one result (False: the store already had it). A screening result with an
+        energy joins the hull first and carries e_form_per_atom and e_above_hull (eV/atom) as
+        they stood when it landed; every view recomputes them against the current hull."""
+        if m.oracle == self.screen and (entry := hull_entry(m)) is not None:
+            self.hull.add(m.candidate_id, entry)
+            m.values["e_form_per_atom"] = self.hull.e_form_per_atom(entry)
+            m.values["e_above_hull"] = self.hull.e_above_hull(entry)
+        new = self.store.add_measurement(m)
+        self.by_oracle.setdefault(m.oracle, {})[m.candidate_id] = m
+        return new
+
+    # -- views -----------------------------------------------------------------------------
+    def e_above_hull(self) -> dict[str, float]:
+        """Candidate id -> e_above_hull (eV/atom) against the current hull."""
+        return self.hull.all_e_above_hull()
+
+    def current(self, pairs: list[tuple[Candidate, Measurement]], e_hull: dict[str, float] | None = None
+                ) -> list[tuple[Candidate, Measurement]]:
+        """`pairs` with e_above_hull brought up to date from the hull (in place)."""
+        e_hull = self.e_above_hull() if e_hull is None else e_hull
+        for c, m in pairs:
+            if c.id in e_hull:
+                m.values["e_above_hull"] = e_hull[c.id]
+        return pairs
+
+    def history(self, known_before: int | None = None) -> list[tuple[Candidate, Measurement]]:
+        """Successful screening results, best first by current e_above_hull; with
+        `known_before`, only those from earlier rounds."""
+        ok = {k: m for k, m in self.measured.items()
+              if m.status == Status.ok and (known_before is None or m.round < known_before)}
+        cands = {c.id: c for c in self.store.candidates(ids=list(ok))}
+        pairs = self.current([(cands[k], m) for k, m in ok.items() if k in cands])
+        pairs.sort(key=lambda t: t[1].values["e_above_hull"])
+        return pairs
+
+    def round_results(self, r: int) -> list[tuple[Candidate, Measurement]]:
+        """Round r's screening picks with their stored results (current e_above_hull)."""
+        ids = self.store.selected(self.screen, round=r)
+        cands = {c.id: c for c in self.store.candidates(ids=ids)}
+        return self.current([(cands[i], self.measured[i]) for i in ids if i in self.measured and i in cands])
+
+    def reference_structures(self) -> list:
+        """Known structures for the novelty check: CIFs the config names (`reference_structures`,
+        files or folders) plus the structures of hull reference entries that carry one."""
+        if self._references is None:
+            from xtalforge.loop.metrics import load_reference_structures
+
+            refs = load_reference_structures(self.cfg.reference_structures)
+            refs += [e.structure for e in self.hull.references if getattr(e, "structure", None) is not None]
+            self._references = refs
+        return self._references
+
+    def novel(self, cands: Sequence[Candidate]) -> set[str]:
+        """Ids among `cands` that match no reference structure (cached: a verdict never changes)."""
+        from xtalforge.loop.metrics import novel_ids
+
+        todo = [c for c in cands if c.id not in self._novelty]
+        if todo:
+            new = novel_ids(todo, self.reference_structures())
+            self._novelty.update({c.id: c.id in new for c in todo})
+        return {c.id for c in cands if self._novelty[c.id]}
+
+    def hits(self, e_hull: dict[str, float] | None = None) -> set[str]:
+        """Evaluated candidates that are stable within hull.stable_threshold, unique and novel."""
+        from xtalforge.loop.metrics import hit_ids
+
+        e_hull = self.e_above_hull() if e_hull is None else e_hull
+        thr = self.cfg.hull.stable_threshold
+        stable = [k for k, v in e_hull.items() if v <= thr + 1e-9]
+        novel = self.novel(self.store.candidates(ids=stable)) if stable else set()
+        return set(hit_ids(e_hull, novel, thr))
+
+    def objectives(self) -> tuple[list[str], list[bool]]:
+        """(names, minimize flags) of the objectives behind the hypervolume and the Pareto
+        plot: the configured acquisition objectives when there are several, else e_above_hull
+        against p_synth (used only where candidates carry a synthesizability score)."""
+        objs = self.cfg.acquisition.objectives
+        if len(objs) >= 2:
+            return [o.name for o in objs], [bool(o.minimize) for o in objs]
+        return ["e_above_hull", "p_synth"], [True, False]
+
+    def objective_values(self, names: list[str], e_hull: dict[str, float]) -> dict[str, list[float]]:
+        """Candidate id -> its values of `names` (e_above_hull from the current hull, others from
+        the screening measurement or candidate.meta), for evaluated candidates that have them all."""
+        ids = [k for k, m in self.measured.items() if m.status == Status.ok]
+        out = {}
+        for c in self.store.candidates(ids=ids):
+            m, row = self.measured[c.id], []
+            for n in names:
+                v = e_hull.get(c.id) if n == "e_above_hull" else m.values.get(n, (c.meta or {}).get(n))
+                row.append(float(v) if isinstance(v, (int, float)) else float("nan"))
+            if np.all(np.isfinite(row)):
+                out[c.id] = row
+        return out
+
+    # -- the surrogate's predictions at pick time ------------------------------------------
+    def load_predictions(self) -> None:
+        """The surrogate's pick-time predictions, back from the store after a resume."""
+        for cid, (mean, std, rr) in (self.store.load_state("surrogate_predictions") or {}).items():
+            self.predicted.setdefault(cid, (float(mean), float(std)))
+            self.predicted_round.setdefault(cid, int(rr))
+
+    def save_predictions(self, r: int) -> None:
+        state = {cid: [mean, std, self.predicted_round.setdefault(cid, r)]
+                 for cid, (mean, std) in self.predicted.items()}
+        if state:
+            self.store.save_state("surrogate_predictions", r, state)
+
+    def predictions(self) -> dict[str, tuple[float, float, int]]:
+        """Candidate id -> (predicted e_above_hull, its stdev, both eV/atom; round picked)."""
+        return {cid: (m, s, self.predicted_round.get(cid, -1)) for cid, (m, s) in self.predicted.items()}
+
+    # -- the round's numbers ---------------------------------------------------------------
+    def round_metrics(self, r: int, results: list[tuple[Candidate, Measurement]],
+                      generators: Sequence[str]) -> dict[str, float]:
+        """Hits, evaluations per oracle, novelty per generator, surrogate calibration and the
+        hypervolume; names, units and meanings are in tracking.ROUND_METRICS."""
+        from xtalforge.loop.metrics import hypervolume, reference_point
+
+        e_hull = self.e_above_hull()
+        ok = [m for m in self.measured.values() if m.status == Status.ok]
+        evals = len(self.measured)
+        hits = self.hits(e_hull)
+        this = [m for _, m in results]
+        s = self.screen
+        out = {
+            f"evaluations_{s}": float(len(this)),
+            f"failed_{s}": float(sum(m.status != Status.ok for m in this)),
+            "evaluations_total": float(evals),
+            f"evaluations_total_{s}": float(evals),
+            f"failed_total_{s}": float(sum(m.status != Status.ok for m in self.measured.values())),
+            "sun_count": float(len(hits)),
+            "sun_rate": float(len(hits) / evals) if evals else 0.0,
+            "best_e_above_hull": float(min(e_hull.values())) if e_hull else float("nan"),
+            "ok_total": float(len(ok)),
+        }
+        # the store keeps only unique candidates, so this round's stored ones are its unique ones
+        fresh = self.store.candidates(round=r)
+        novel = self.novel(fresh)
+        for g in generators:
+            out[f"novel_{g}"] = float(sum(c.id in novel for c in fresh if c.source == g))
+        out["novel"] = float(sum(out[f"novel_{g}"] for g in generators))
+        out.update(self._other_oracle_counts(r))
+        pairs = [(self.predicted[c.id], e_hull[c.id]) for c, _ in results if c.id in self.predicted and c.id in e_hull]
+        if pairs:
+            out["surrogate_mae_last_round"] = float(np.mean([abs(p[0] - y) for p, y in pairs]))
+            z = [abs(p[0] - y) / max(p[1], 1e-9) for p, y in pairs]
+            out["surrogate_within_1sigma"] = float(np.mean([v <= 1 for v in z]))
+            out["surrogate_within_2sigma"] = float(np.mean([v <= 2 for v in z]))
+        names, minimize = self.objectives()
+        table = self.objective_values(names, e_hull)
+        if table:
+            Y = np.array(list(table.values()))
+            out["hypervolume"] = hypervolume(np.where(minimize, Y, -Y), reference_point(names, minimize, Y))
+        return out
+
+    def _other_oracle_counts(self, r: int) -> dict[str, float]:
+        """evaluations_/failed_ for each oracle besides the screening one (a lab answers days
+        later, so its count is what arrived since the previous round was recorded)."""
+        prev = self.store.round_metrics().get(r - 1, {})
+        out: dict[str, float] = {}
+        for name in self.by_oracle:
+            if name == self.screen:
+                continue
+            ms = self.store.measurements(oracle=name)
+            total, failed = len(ms), sum(m.status != Status.ok for m in ms)
+            out |= {f"evaluations_{name}": float(total - prev.get(f"evaluations_total_{name}", 0)),
+                    f"failed_{name}": float(failed - prev.get(f"failed_total_{name}", 0)),
+                    f"evaluations_total_{name}": float(total), f"failed_total_{name}": float(failed)}
+        return out

@@ -1,0 +1,210 @@
+"""Which candidates the oracles evaluate next: training data from every oracle, the surrogate
+fit, the acquisition over the pool (pending points included), the synthesizability filter, and
+the picks of confirming oracles (a lab) from what was screened.
+
+The selector writes its picks and its models' states to the store and its pick-time
+predictions to the results; it never runs an oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from xtalforge.acquisition import (Acquirer, AcquisitionError, Constraint, Picks, Target, farthest_point,
+                                   pool_matrix)
+from xtalforge.config import CampaignConfig
+from xtalforge.loop.results import CampaignResults
+from xtalforge.loop.store import CampaignStore
+from xtalforge.oracles.base import Oracle
+from xtalforge.types import Candidate, Measurement, Status
+
+
+def most_promising(measured: Mapping[str, Measurement], e_above_hull: Mapping[str, float],
+                   exclude: set[str], n: int) -> list[tuple[str, float]]:
+    """The `n` screened candidates with the lowest e_above_hull (eV/atom) not in `exclude`, as
+    (id, -e_above_hull): what a confirming oracle is asked about, since the cheap oracle
+    already screened them."""
+    ranked = sorted((e_above_hull[cid], cid) for cid, m in measured.items()
+                    if m.status == Status.ok and cid in e_above_hull and cid not in exclude)
+    return [(cid, -e) for e, cid in ranked[: max(0, n)]]
+
+
+class Selector:
+    """Surrogate + acquisition policy of one campaign (see the module docstring)."""
+
+    def __init__(self, cfg: CampaignConfig, store: CampaignStore, results: CampaignResults,
+                 synth=None, echo: Callable[[str], None] = print):
+        self.cfg, self.store, self.results, self.synth, self.echo = cfg, store, results, synth, echo
+
+    # -- training data ---------------------------------------------------------------------
+    def training_data(self, feats: Mapping[str, np.ndarray], oracles: Sequence[Oracle] = ()) -> dict:
+        """{quantity: OutcomeData} for every objective and constraint an oracle has measured:
+        screening values at their fidelity (e_above_hull from the current hull), confirming
+        oracles' values at theirs (a quantity that `trains` an objective counts as it). Where
+        one quantity has several fidelities, the surrogate models them jointly."""
+        from xtalforge.model.surrogate import OutcomeData
+
+        acfg = self.cfg.acquisition
+        names = list(dict.fromkeys([o.name for o in acfg.objectives] + [c.name for c in acfg.constraints]))
+        e_hull = self.results.e_above_hull()
+        screen = self.results.screen
+        trains = {o.name: getattr(o, "trains", {}) for o in oracles}
+        data = {}
+        for name in names:
+            rows: list[tuple[str, float, int]] = []
+            for oracle, table in self.results.by_oracle.items():
+                src = trains.get(oracle, {}).get(name, name)
+                for cid, m in table.items():
+                    if m.status != Status.ok or cid not in feats:
+                        continue
+                    v = e_hull.get(cid) if (oracle == screen and name == "e_above_hull") else m.values.get(src)
+                    if v is not None:
+                        rows.append((cid, float(v), int(m.fidelity)))
+            if rows:
+                fid = np.array([f for _, _, f in rows])
+                data[name] = OutcomeData(X=np.stack([feats[c] for c, _, _ in rows]), y=np.array([v for _, v, _ in rows]),
+                                         fidelity=fid if len(set(fid.tolist())) > 1 else None,
+                                         ids=[c for c, _, _ in rows])
+        return data
+
+    # -- the screening oracle's picks ------------------------------------------------------
+    def select(self, r: int, oracles: Sequence[Oracle]) -> dict[str, float]:
+        """Pick round r's batch for the screening oracle from the pool and store it; returns
+        the round's acquisition and surrogate metrics."""
+        cfg, acfg = self.cfg, self.cfg.acquisition
+        screen = self.results.screen
+        measured = self.results.measured
+        all_ids = [c.id for c in self.store.candidates()]
+        feats = self.store.features(all_ids)
+        chosen = set(self.store.selected(screen))
+        pool_ids, X_pool = pool_matrix([i for i in all_ids if i not in chosen and i not in measured], feats)
+        metrics: dict[str, float] = {"pool_size": float(len(pool_ids))}
+        if self.synth is not None and pool_ids:
+            pool_ids, X_pool = self._synth_filter(pool_ids, X_pool, metrics)
+        if not pool_ids:
+            self.echo("  pool is empty: every candidate is evaluated; nothing to pick this round")
+            return metrics
+        rng = np.random.default_rng([cfg.seed, r, 1])
+        data = self.training_data(feats, oracles)
+        pending_ids = [i for i in chosen if i not in measured and i in feats]
+        for o in oracles:  # out at a slower oracle: pending points too
+            if o.name != screen:
+                pending_ids += [i for i in o.pending() if i in feats and i not in pending_ids]
+        X_pending = np.stack([feats[i] for i in pending_ids]) if pending_ids else None
+        q = acfg.batch_size
+        kinds = list(acfg.portfolio or [acfg.kind])
+        objectives = [Target(o.name, o.minimize) for o in acfg.objectives]
+        unmeasured = [t.name for t in objectives if t.name not in data]
+        if unmeasured and measured:
+            have = sorted({k for m in measured.values() for k in m.values} | {"e_above_hull"})
+            raise AcquisitionError(f"objective(s) {', '.join(unmeasured)}: no oracle measures them "
+                                   f"(measured quantities: {', '.join(have)})")
+        n_primary = len(data[objectives[0].name].y) if objectives[0].name in data else 0
+        if kinds == ["random"]:
+            idx = rng.choice(len(pool_ids), size=min(q, len(pool_ids)), replace=False).tolist()
+            picks = Picks(idx, [0.0] * len(idx), "random")
+        elif n_primary < 2 or unmeasured:
+            X_seen = data[objectives[0].name].X if n_primary else None
+            picks = farthest_point(X_pool, q, rng, exclude=X_seen)
+        else:
+            picks = self._acquire(r, data, feats, pool_ids, X_pool, X_pending, objectives, kinds, rng, metrics)
+        self.store.add_selection(r, screen, [(pool_ids[i], v) for i, v in zip(picks.indices, picks.values)])
+        metrics["acquisition_method_is_model"] = float(picks.method not in ("farthest_point", "random"))
+        self.echo(f"  picked {len(picks.indices)} of {len(pool_ids)} by {picks.method}")
+        return metrics
+
+    def _acquire(self, r: int, data: dict, feats: Mapping[str, np.ndarray], pool_ids: list[str],
+                 X_pool: np.ndarray, X_pending: np.ndarray | None, objectives: list[Target],
+                 kinds: list[str], rng: np.random.Generator, metrics: dict[str, float]) -> Picks:
+        """Fit the surrogate on `data` and let the acquisition pick; records the pick-time
+        predictions of e_above_hull for the calibration metrics."""
+        from xtalforge.model.surrogate import Surrogate
+
+        cfg, acfg = self.cfg, self.cfg.acquisition
+        sur = Surrogate(max_exact=acfg.max_exact_gp, hyper_subset=acfg.hyper_subset, seed=cfg.seed)
+        sur.load_state_dict(self.store.load_state("surrogate"))
+        reports = sur.fit(data)
+        self.store.save_state("surrogate", r, sur.state_dict())
+        first = reports[objectives[0].name]
+        metrics.update({"surrogate_nll": first.nll, "surrogate_n_train": float(first.n_train),
+                        "time_surrogate_fit_s": float(sum(rep.seconds for rep in reports.values())),
+                        "surrogate_exact": float(first.kind in ("exact", "multi_fidelity")),
+                        "surrogate_multi_fidelity": float(first.kind.startswith("multi_fidelity"))})
+        for name, rep in reports.items():
+            metrics[f"surrogate_nll_{name}"] = rep.nll
+        known = self._known_values(pool_ids, [c.name for c in acfg.constraints if c.name not in data])
+        # a constraint nothing has measured yet (a lab quantity, say) waits for its first value
+        active = [Constraint(c.name, c.op, c.threshold) for c in acfg.constraints
+                  if c.name in data or (known and c.name in known)]
+        for c in acfg.constraints:
+            if c.name not in data and not (known and c.name in known):
+                self.echo(f"  constraint {c.name} {c.op} {c.threshold:g}: no value measured or known yet; not applied")
+        acq = Acquirer(objectives, active, kinds=kinds, shortlist=acfg.shortlist, mc_samples=acfg.mc_samples,
+                       ucb_beta=acfg.ucb_beta, hedge_eta=acfg.hedge_eta, seed=cfg.seed)
+        acq.load_state_dict(self.store.load_state("acquisition"))
+        observed: dict[str, dict[str, float]] = {}
+        for name, d in data.items():
+            for cid, v in zip(d.ids, d.y):
+                observed.setdefault(cid, {})[name] = float(v)
+        metrics.update(acq.update(sur, feats, observed))  # GP-Hedge: reward last round's arms
+        picks = acq.select(sur, X_pool, q=acfg.batch_size, rng=rng, X_pending=X_pending, known=known, ids=pool_ids)
+        self.store.save_state("acquisition", r, acq.state_dict())
+        metrics.update({f"acq_screen_{k}": v for k, v in acq.last_screen.items()})
+        for arm in acq.kinds:
+            metrics[f"acq_picks_{arm}"] = float(sum(a == arm for a in picks.arms))
+        if "e_above_hull" in sur.outcomes and picks.indices:
+            j = sur.index("e_above_hull")
+            # with the fitted noise: the spread a fresh measurement shows, for calibration
+            mean, std = sur.predict(X_pool[picks.indices], observation_noise=True)
+            for k, i in enumerate(picks.indices):
+                self.results.predicted[pool_ids[i]] = (float(mean[k, j]), float(std[k, j]))
+        return picks
+
+    def _known_values(self, ids: list[str], names: list[str]) -> dict[str, np.ndarray] | None:
+        """Per-candidate values (candidate.meta) of constrained quantities no oracle measures,
+        e.g. a synthesizability score; NaN where a candidate lacks one (it is then filtered)."""
+        if not names:
+            return None
+        meta = {c.id: c.meta or {} for c in self.store.candidates(ids=ids)}
+        out = {n: np.array([float(meta.get(i, {}).get(n, np.nan)) for i in ids]) for n in names}
+        return {n: v for n, v in out.items() if np.isfinite(v).any()} or None
+
+    def _synth_filter(self, pool_ids: list[str], X_pool: np.ndarray,
+                      metrics: dict[str, float]) -> tuple[list[str], np.ndarray]:
+        """Keep the pool candidates whose P(synthesizable) reaches the configured minimum
+        (the whole pool, with a message, when none does)."""
+        from xtalforge.synthesis.metrics import feasible_mask, synth_metrics
+
+        thr = self.cfg.synthesis.min_p_synth
+        meta = {c.id: c.meta for c in self.store.candidates(ids=pool_ids)}
+        p = np.array([float(meta.get(i, {}).get("p_synth", np.nan)) for i in pool_ids])
+        missing = ~np.isfinite(p)
+        if missing.any():  # candidates stored before a model was configured
+            cands = {c.id: c for c in self.store.candidates(ids=[i for i, m in zip(pool_ids, missing) if m])}
+            p[missing] = np.asarray(self.synth.score([cands[i] for i, m in zip(pool_ids, missing) if m]))
+        metrics.update(synth_metrics(p, thr, prefix="p_synth_pool"))
+        if self.cfg.synthesis.use != "constraint":
+            return pool_ids, X_pool
+        keep = feasible_mask(p, thr)
+        if not keep.any():
+            self.echo(f"  no pool candidate reaches p_synth >= {thr:g}; picking from the whole pool")
+            return pool_ids, X_pool
+        metrics["pool_size_synthesizable"] = float(keep.sum())
+        return [i for i, k in zip(pool_ids, keep) if k], X_pool[keep]
+
+    # -- a confirming oracle's picks -------------------------------------------------------
+    def confirm_picks(self, oracle: Oracle, r: int) -> list[Candidate]:
+        """Round r's candidates for a confirming oracle: its stored picks when the round already
+        chose them (a resumed round re-sends the same ones), else the `per_round` most promising
+        screened candidates it was never asked about, stored now."""
+        picked = self.store.selected(oracle.name, round=r)
+        n = int(getattr(oracle, "per_round", 0))
+        if not picked and n > 0:
+            asked = set(self.store.selected(oracle.name)) | set(oracle.pending()) | self.store.measured_ids(oracle.name)
+            picks = most_promising(self.results.measured, self.results.e_above_hull(), asked, n)
+            self.store.add_selection(r, oracle.name, picks)
+            picked = [cid for cid, _ in picks]
+        by_id = {c.id: c for c in self.store.candidates(ids=picked)}
+        return [by_id[i] for i in picked if i in by_id]
