@@ -7,7 +7,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -44,7 +44,8 @@ class MLIPConfig(_Strict):
     max_steps: int = Field(300, gt=0)
     relax_cell: bool = True
     timeout_s: float = Field(600.0, gt=0, description="per relaxation")
-    workers: int = Field(2, ge=1)
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        2, description="MLIP actors, one CPU each; 'auto': one per CPU of the Ray cluster")
     batched: Literal["auto", True, False] = Field("auto", description="relax many structures per model call (CHGNet)")
     max_batch: int = Field(16, ge=1, description="structures relaxed together by one worker")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -58,6 +59,16 @@ class MLIPConfig(_Strict):
             return v
         raise ValueError("use 'chgnet' or an ASE calculator as 'ase:package.module.Class' "
                          "(e.g. ase:ase.calculators.emt.EMT)")
+
+    @model_validator(mode="after")
+    def _ase_calculator(self) -> MLIPConfig:
+        # checked here, before anything runs: a config names a class to construct, and only an
+        # ASE calculator may be one (`ase:os.system` with a `command` option would run a shell)
+        if self.model.startswith("ase:"):
+            from xtalforge.oracles.mlip.relax import ase_calculator_class
+
+            ase_calculator_class(self.model, self.model_options)
+        return self
 
 
 class HullConfig(_Strict):
@@ -133,11 +144,31 @@ class AcquisitionConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    address: str | None = None
-    num_cpus: int | None = Field(None, ge=1)
+    """Where the campaign's Ray runs (see xtalforge.loop.executor)."""
+
+    address: str | None = Field(
+        None, description="None: a Ray of the campaign's own on this machine; 'HOST:PORT': join the "
+        "cluster whose head's GCS listens there; 'ray://HOST:PORT': join through the Ray Client; 'auto': "
+        "the cluster this machine belongs to")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray of the campaign's own")
+    runtime_env: dict | None = Field(
+        None, description="Ray runtime environment for the workers, e.g. {pip: [xtalforge]} or "
+        "{working_dir: ., env_vars: {...}}, so workers on other nodes get the package")
     proposals_per_task: int = Field(
         50, ge=1, description="proposals per Ray generation task; a generator asked for fewer than "
         "twice this proposes in the campaign's process (a task on a fresh worker costs seconds)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return v
+        if v == "local":
+            return None
+        if not re.fullmatch(r"(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}", v):
+            raise ValueError("use HOST:PORT (a head node's GCS port, 6379 by default), ray://HOST:PORT "
+                             "(the Ray Client, 10001 by default) or 'auto'")
+        return v
 
 
 class TrackingConfig(_Strict):
@@ -302,7 +333,7 @@ class CampaignConfig(_Strict):
                 continue
             if not isinstance(value, dict):
                 raise ValueError(f"{kind}: expected a mapping of options")
-            entry = {"kind": kind, **value}
+            entry = {"kind": kind, **value, "__key__": kind}
             if at is None:
                 entries.append(entry)
             else:
@@ -310,38 +341,50 @@ class CampaignConfig(_Strict):
         data["oracles"] = entries
         return data
 
-    @model_validator(mode="after")
-    def _oracles_known(self) -> CampaignConfig:
+    @field_validator("oracles")
+    @classmethod
+    def _oracles_known(cls, entries: list[dict]) -> list[dict]:
+        """Each entry validated by its registered kind's own model, and written back in full
+        (defaults included), so config.yaml says what ran. Problems are reported under the key
+        the user wrote (`mlip.fmax` for the shorthand, `oracles.1.fmax` in the list)."""
         from xtalforge.oracles.base import UnknownOracle, oracle_kind
 
-        specs, problems = [], []
-        for i, entry in enumerate(self.oracles):
-            if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
-                problems.append(f"oracles.{i}: name its kind, e.g. {{kind: mlip}}")
+        out, roles, problems = [], [], []
+        for i, entry in enumerate(entries):
+            entry = dict(entry)
+            where = entry.pop("__key__", f"oracles.{i}")
+            if not isinstance(entry.get("kind"), str):
+                problems.append(f"{where}: name its kind, e.g. {{kind: mlip}}")
                 continue
-            options = {k: v for k, v in entry.items() if k != "kind"}
             try:
                 kind = oracle_kind(entry["kind"])
-                spec = kind.options.model_validate(options)
+                spec = kind.options.model_validate({k: v for k, v in entry.items() if k != "kind"})
             except UnknownOracle as err:
-                problems.append(f"oracles.{i}.kind: {err}")
+                problems.append(f"{where}.kind: {err}")
                 continue
             except ValidationError as err:
-                problems += [f"oracles.{i}.{line}" for line in _format(err)]
+                problems += [f"{where}.{line}" for line in _format(err)]
                 continue
-            specs.append((kind, spec))
+            out.append({"kind": kind.kind, **spec.model_dump()})
+            roles.append(kind.role)
+        if not problems and roles.count("screen") != 1:
+            problems.append(f"oracles: name exactly one oracle that evaluates the acquisition's picks "
+                            f"(role screen, e.g. kind mlip); found {roles.count('screen')}")
+        names = [e.get("name", e["kind"]) for e in out]
+        if not problems and len(set(names)) != len(names):
+            problems.append(f"oracles: each oracle needs its own name (got {', '.join(names)})")
         if problems:
-            raise ValueError("; ".join(problems))
-        screens = [s for k, s in specs if k.role == "screen"]
-        if len(screens) != 1:
-            raise ValueError(f"oracles: name exactly one oracle that evaluates the acquisition's picks "
-                             f"(role screen, e.g. kind mlip); found {len(screens)}")
-        names = [getattr(s, "name", k.kind) for k, s in specs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"oracles: each oracle needs its own name (got {', '.join(names)})")
-        # written back in full, defaults included, so config.yaml says what ran
-        self.oracles = [{"kind": k.kind, **s.model_dump()} for k, s in specs]
-        self._specs = [(k, s) for k, s in specs]
+            raise ValueError(_LINES + "\n".join(problems))
+        return out
+
+    @model_validator(mode="after")
+    def _oracle_specs(self) -> CampaignConfig:
+        from xtalforge.oracles.base import oracle_kind
+
+        self._specs = []
+        for e in self.oracles:
+            kind = oracle_kind(e["kind"])
+            self._specs.append((kind, kind.options.model_validate({k: v for k, v in e.items() if k != "kind"})))
         return self
 
     def tracking_params(self) -> dict:
@@ -407,11 +450,18 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+# a validator's message that is already one "where: what" line per problem
+_LINES = "\x00lines\x00"
+
+
 def _format(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "config"
         msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith(_LINES):
+            lines += msg.removeprefix(_LINES).split("\n")
+            continue
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"{loc}: {msg}")
@@ -425,15 +475,62 @@ def parse_config(data: dict) -> CampaignConfig:
         raise ConfigError(_format(err)) from None
 
 
-def load_config(path: str | Path) -> CampaignConfig:
-    """Read a campaign YAML (safe_load: never constructs arbitrary objects)."""
+def load_config(path: str | Path, relative_to: str | Path | None = None) -> CampaignConfig:
+    """Read a campaign YAML (safe_load: never constructs arbitrary objects).
+
+    With `relative_to` (a run folder), relative file paths and SQLite tracking URIs in the file
+    are taken relative to that folder (a run folder's config.yaml), not the working folder.
+    Everything a config names is checked here, before anything is created: a file that is not
+    text, invalid settings, elements xtalforge has no data for."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError([f"config: no such file {p}"])
+    raw = p.read_bytes()
     try:
-        data = yaml.safe_load(p.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"config: {p} is not a text file (byte {err.start} is not UTF-8)"]) from None
+    if "\x00" in text:
+        raise ConfigError([f"config: {p} is not a text file (it holds NUL bytes)"])
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError([f"config: not valid YAML ({err})"]) from None
+        raise ConfigError([f"config: not valid YAML ({' '.join(str(err).split())})"]) from None
     if not isinstance(data, dict):
         raise ConfigError(["config: the top level must be a mapping of keys to values"])
-    return parse_config(data)
+    if relative_to is not None:
+        from xtalforge.loop.run_paths import resolved_config
+
+        data = resolved_config(data, Path(relative_to))
+    cfg = parse_config(data)
+    problems = element_data_problems(cfg.chemical_system, has_references=bool(cfg.hull.references))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def element_data_problems(elements: list[str], has_references: bool = False) -> list[str]:
+    """One line per element a campaign cannot work with: no oxidation-state and
+    electronegativity data (SMACT, which composition enumeration needs), or no elemental
+    reference energy in the shipped Materials Project snapshot (the convex hull needs one for
+    every element; `has_references`: the config names its own reference files, which may)."""
+    import gzip
+    from importlib import resources
+
+    import smact
+
+    with gzip.open(resources.files("xtalforge").joinpath("data/mp_elemental_refs.json.gz")) as fh:
+        shipped = set(json.load(fh))
+    problems = []
+    for el in elements:
+        try:
+            smact.Element(el)
+        except (KeyError, ValueError, NameError):
+            problems.append(f"chemical_system: no element data (oxidation states, electronegativity) for {el}; "
+                            "compounds with it cannot be proposed")
+            continue
+        if el not in shipped and not has_references:
+            problems.append(f"chemical_system: no elemental reference energy for {el} in the shipped Materials "
+                            "Project snapshot, so no convex hull can be built; name reference entries that "
+                            "include it in hull.references")
+    return problems

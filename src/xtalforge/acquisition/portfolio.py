@@ -175,7 +175,11 @@ class Acquirer:
                                    f"{n} asked, each once, among the {len(free)} not yet taken, one value each")
         return pos, [float(v) for v in vals]
 
-    def _check_names(self, surrogate: SurrogateModel, known: Mapping | None) -> None:
+    def _check_names(self, surrogate: SurrogateModel | None, known: Mapping | None) -> None:
+        if surrogate is None:  # fine for model-free arms alone (random picks before any data)
+            if any(arm.needs_model for arm in self.arms.values()):
+                raise AcquisitionError(f"{', '.join(self.kinds)} need a fitted surrogate; none was given")
+            return
         modeled = set(getattr(surrogate, "outcomes", []))
         for t in self.objectives:
             if t.name not in modeled:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from xtalforge.acquisition.registry import get_arm
 from xtalforge.config import CampaignConfig, load_config
 from xtalforge.loop import report
 from xtalforge.loop.lock import RunLock
@@ -122,7 +123,7 @@ class Campaign:
         from xtalforge.loop.executor import start_ray
 
         cfg = self.cfg
-        if cfg.acquisition.kind != "random":
+        if any(get_arm(k).needs_model for k in cfg.acquisition.portfolio or [cfg.acquisition.kind]):
             from xtalforge.model.surrogate import warm_up
 
             self._background.submit(warm_up)

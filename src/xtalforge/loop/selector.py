@@ -14,6 +14,7 @@ import numpy as np
 
 from xtalforge.acquisition import (Acquirer, AcquisitionError, Constraint, Picks, Target, farthest_point,
                                    pool_matrix)
+from xtalforge.acquisition.registry import get_arm
 from xtalforge.config import CampaignConfig
 from xtalforge.loop.results import CampaignResults
 from xtalforge.loop.store import CampaignStore
@@ -102,16 +103,16 @@ class Selector:
             raise AcquisitionError(f"objective(s) {', '.join(unmeasured)}: no oracle measures them "
                                    f"(measured quantities: {', '.join(have)})")
         n_primary = len(data[objectives[0].name].y) if objectives[0].name in data else 0
-        if kinds == ["random"]:
-            idx = rng.choice(len(pool_ids), size=min(q, len(pool_ids)), replace=False).tolist()
-            picks = Picks(idx, [0.0] * len(idx), "random")
+        model_free = not any(get_arm(k).needs_model for k in kinds)
+        if model_free:  # no surrogate to fit, from the first round on
+            picks = Acquirer(objectives, kinds=kinds, seed=cfg.seed).select(None, X_pool, q, rng)
         elif n_primary < 2 or unmeasured:
             X_seen = data[objectives[0].name].X if n_primary else None
             picks = farthest_point(X_pool, q, rng, exclude=X_seen)
         else:
             picks = self._acquire(r, data, feats, pool_ids, X_pool, X_pending, objectives, kinds, rng, metrics)
         self.store.add_selection(r, screen, [(pool_ids[i], v) for i, v in zip(picks.indices, picks.values)])
-        metrics["acquisition_method_is_model"] = float(picks.method not in ("farthest_point", "random"))
+        metrics["acquisition_method_is_model"] = float(not model_free and picks.method != "farthest_point")
         self.echo(f"  picked {len(picks.indices)} of {len(pool_ids)} by {picks.method}")
         return metrics
 
