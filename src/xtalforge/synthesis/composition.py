@@ -8,6 +8,8 @@ sensible ionic composition?".
 from __future__ import annotations
 
 import json
+import math
+import re
 from functools import lru_cache
 from importlib import resources
 
@@ -23,6 +25,7 @@ __all__ = ["is_charge_balanced", "parse_formula", "oxidation_states", "compositi
 _RADIOACTIVE = frozenset({"Tc", "Pm", "Po", "At", "Rn", "Fr", "Ra", "Ac", "Pa", "Np", "Pu", "Am",
                           "Cm", "Bk", "Cf", "Es", "Fm", "Md", "No", "Lr"})
 _NOBLE_GASES = frozenset({"He", "Ne", "Ar", "Kr", "Xe", "Rn"})
+MAX_AMOUNT = 1e6  # atoms of one element per formula unit; beyond this it is not a crystal's formula
 
 
 def parse_formula(text: str) -> Composition:
@@ -42,8 +45,16 @@ def parse_formula(text: str) -> Composition:
     for el in comp.elements:
         if not isinstance(el, Element) or not Element.is_valid_symbol(el.symbol):
             raise ValueError(f"formula {s!r}: unknown element {el}")
-    if any(v < 0 for v in comp.values()):
-        raise ValueError(f"formula {s!r}: negative amount")
+    for el, v in comp.items():
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"formula {s!r}: the amount of {el} is not a finite, positive number")
+        if v > MAX_AMOUNT:
+            raise ValueError(f"formula {s!r}: {v:.3g} {el} atoms per formula unit; at most {MAX_AMOUNT:g}")
+    # pymatgen drops an element written with amount 0 ("Ca0O" reads as "O"): refuse it instead
+    # of scoring a different compound than the one asked about
+    dropped = sorted(set(re.findall(r"[A-Z][a-z]?", s)) - {el.symbol for el in comp.elements})
+    if dropped:
+        raise ValueError(f"formula {s!r}: amount 0 of {', '.join(dropped)}")
     return comp
 
 

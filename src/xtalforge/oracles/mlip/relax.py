@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import io
 import math
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -94,9 +95,21 @@ def is_ase_model(spec: str) -> bool:
     return spec.startswith("ase:")
 
 
-def load_ase_calculator(spec: str, options: dict | None = None):
-    """An ASE calculator from "ase:package.module.ClassName" (e.g. "ase:ase.calculators.emt.EMT"),
-    constructed with `options` as keyword arguments."""
+# Options that name a program to run or a callable to call: a config file must not be able to
+# run a shell command through a calculator's own settings either.
+_PROGRAM_OPTIONS = re.compile(r"command|profile|executable|launch|exe$|script|binary", re.IGNORECASE)
+
+
+def ase_calculator_class(spec: str, options: dict | None = None) -> type:
+    """The class "ase:package.module.ClassName" names, after checking that it is an ASE
+    calculator (a subclass of ase's BaseCalculator), not one of ASE's file-I/O calculators (they
+    run an external program), and that no option names a program (`command`, `profile`, ...).
+    ValueError with the reason otherwise. Imports the module, constructs nothing. (A calculator
+    that takes its program from the environment, such as Vasp's VASP_COMMAND, runs what the
+    user's environment names, never what a config file names.)"""
+    from ase.calculators.calculator import BaseCalculator, FileIOCalculator
+    from ase.calculators.genericfileio import GenericFileIOCalculator
+
     if not is_ase_model(spec):
         raise ValueError(f"model {spec!r}: an ASE calculator is named 'ase:package.module.Class'")
     path = spec[4:]
@@ -107,7 +120,23 @@ def load_ase_calculator(spec: str, options: dict | None = None):
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"model {spec!r}: cannot import {path} ({err})") from None
-    return cls(**(options or {}))
+    if not isinstance(cls, type) or not issubclass(cls, BaseCalculator):
+        raise ValueError(f"model {spec!r}: {path} is not an ASE calculator class (a subclass of "
+                         "ase.calculators.calculator.Calculator)")
+    if issubclass(cls, (FileIOCalculator, GenericFileIOCalculator)):
+        raise ValueError(f"model {spec!r}: {path} runs an external program (an ASE FileIOCalculator); "
+                         "only calculators that compute in Python are accepted")
+    bad = sorted(k for k in (options or {}) if _PROGRAM_OPTIONS.search(str(k)))
+    if bad:
+        raise ValueError(f"model {spec!r}: option(s) {', '.join(bad)} would name a program to run; "
+                         "not accepted in a campaign config")
+    return cls
+
+
+def load_ase_calculator(spec: str, options: dict | None = None):
+    """An ASE calculator from "ase:package.module.ClassName" (e.g. "ase:ase.calculators.emt.EMT"),
+    constructed with `options` as keyword arguments; only classes `ase_calculator_class` accepts."""
+    return ase_calculator_class(spec, options)(**(options or {}))
 
 
 # -- sanity of a result ------------------------------------------------------------------------
