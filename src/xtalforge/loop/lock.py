@@ -47,3 +47,19 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """The pid holding `run_dir`'s lock, or None when no process holds it (a look only: the
+    lock is not kept). A folder without a lock file has no holder, and none is created."""
+    path = Path(run_dir) / "lock"
+    if not path.is_file():
+        return None
+    with open(path, "r+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            return fh.read().strip() or "another process"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None

@@ -8,8 +8,10 @@ losing or recomputing a finished oracle result.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,6 +125,40 @@ def _sqlite_pragmas(dbapi_conn: Any, _rec: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def store_problem(path: Path) -> str | None:
+    """Why the SQLite file at `path` is not a campaign store that can be opened, or None.
+
+    Reads only (never creates a table, so a 0-byte or foreign file stays as it is): a file that
+    is empty, not SQLite, damaged, or has no campaign tables is refused with one line."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path}: no such file"
+    if path.stat().st_size == 0:
+        return f"{path} is empty: not a campaign store"
+    with open(path, "rb") as fh:
+        if fh.read(16) != b"SQLite format 3\x00":
+            return f"{path} is not an SQLite database: not a campaign store"
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            check = con.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                return f"{path} is damaged (sqlite quick_check: {check})"
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            version = con.execute("SELECT value FROM kv WHERE key='schema_version'").fetchone() \
+                if "kv" in tables else None
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        return f"{path} cannot be read as a campaign store ({err})"
+    missing = sorted({"kv", "candidates", "measurements"} - tables)
+    if missing or version is None:
+        return f"{path} is not a campaign store (no {', '.join(missing) or 'schema_version'})"
+    if int(version[0]) > SCHEMA_VERSION:
+        return f"{path} was written by a newer xtalforge (store schema {version[0]}, this one reads {SCHEMA_VERSION})"
+    return None
 
 
 class CampaignStore:

@@ -470,18 +470,41 @@ def ui_target(run_dir: Path | None, tracking_uri: str | None = None) -> tuple[st
             return tracking_uri, None
         return resolve_uri("sqlite:///runs/mlflow.db"), (Path("runs") / "mlartifacts").resolve().as_uri()
     from xtalforge.config import load_config
+    from xtalforge.loop.run_paths import resolved_uri
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a campaign folder (no config.yaml)")
-    uri = tracking_uri or load_config(run_dir / "config.yaml").tracking.uri
+    # a relative SQLite path in config.yaml is relative to the run folder, so a copied folder
+    # opens the copy's store
+    uri = tracking_uri or resolved_uri(load_config(run_dir / "config.yaml", relative_to=run_dir).tracking.uri,
+                                       run_dir)
     if uri.startswith(("http://", "https://")):
         return uri, None
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(f"{run_dir}: its tracking store {uri[len('sqlite:///'):]} is not there "
+                                "(copy it with the run folder, or name one with --tracking-uri)")
     run_id = None
     if (run_dir / "store.db").is_file():
-        from xtalforge.loop.store import CampaignStore
+        from xtalforge.loop.store import CampaignStore, store_problem
 
-        st = CampaignStore(f"sqlite:///{(run_dir / 'store.db').resolve()}")
-        run_id = st.get("mlflow_run_id")
-        st.close()
-    return uri, artifact_root_of(run_dir, uri, run_id)
+        if store_problem(run_dir / "store.db") is None:
+            st = CampaignStore(f"sqlite:///{(run_dir / 'store.db').resolve()}")
+            run_id = st.get("mlflow_run_id")
+            st.close()
+    return uri, local_artifact_root(uri, artifact_root_of(run_dir, uri, run_id))
+
+
+def local_artifact_root(uri: str, recorded: str) -> str:
+    """The artifact root to serve for a local SQLite store: the recorded one (an absolute URI
+    MLflow keeps in the store) unless the store was moved or copied, in which case the
+    `mlartifacts` folder beside the store it is now, when there is one."""
+    if not uri.startswith("sqlite:///") or not recorded.startswith("file://"):
+        return recorded
+    here = Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"
+    from urllib.parse import unquote, urlparse
+
+    there = Path(unquote(urlparse(recorded).path))
+    if there != here and here.is_dir():
+        return here.as_uri()
+    return recorded

@@ -1,24 +1,32 @@
 """The lab's HTTP API, served by uvicorn: `xtalforge lab serve RUN`.
 
-    GET  /health         no token; is the server up, and for which lab
+    GET  /health         is the server up, and for which lab
     GET  /requests       the lab's requests (open ones unless include_answered=true)
     POST /results        a results document (see lab_validation); 201 with counts when
                          accepted, 422 with one message per problem when not, nothing applied
     GET  /openapi.json   the OpenAPI spec of all this
 
-Every call but /health needs `Authorization: Bearer <token>` (`xtalforge lab token RUN`
-prints one); without it, or with a wrong one, 401. A 201 is sent only after the results are
-committed to the campaign store. The app holds no state of its own: `create_app` closes over
-the store, and the token is checked against the store on every call, so a new token takes
-effect at once.
+/requests and /results need `Authorization: Bearer <token>` (`xtalforge lab token RUN`
+prints one); without it, or with a wrong one, 401. /health and /openapi.json need none (they
+hold nothing of the campaign's). There is no /docs or /redoc page: FastAPI's load their
+JavaScript from a CDN, which a lab network often cannot reach; open /openapi.json in any
+OpenAPI viewer instead. A 201 is sent only after the results are committed to the campaign
+store. The app holds no state of its own: `create_app` closes over the store, and the token is
+checked against the store on every call, so a new token takes effect at once.
+
+A token belongs in the Authorization header, never in the URL: the access log (`log_config`)
+blanks the value of any query parameter whose name looks like a secret, in case one is sent.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import threading
 import time
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -88,7 +96,7 @@ _BAD = {422: {"model": Rejected, "description": "one message per problem; nothin
 
 def create_app(store: LabStore, lab_name: str) -> FastAPI:
     """The API of one campaign's lab `lab_name`, over that campaign's store."""
-    app = FastAPI(title="xtalforge lab API", version="1",
+    app = FastAPI(title="xtalforge lab API", version="1", docs_url=None, redoc_url=None,
                   description="Lab requests out, measured results in, for one xtalforge campaign.")
     bearer = HTTPBearer(auto_error=False, description="a token printed by `xtalforge lab token RUN`")
 
@@ -148,6 +156,42 @@ def create_app(store: LabStore, lab_name: str) -> FastAPI:
         return Accepted(submission_id=out.submission_id or 0, results=len(out.candidates), candidates=out.candidates)
 
     return app
+
+
+_SECRET_PARAM = re.compile(r"token|key|secret|pass|auth|sig", re.IGNORECASE)
+
+
+def redact_query(path: str) -> str:
+    """`path` with the value of every secret-looking query parameter blanked
+    ("/requests?token=abc" -> "/requests?token=REDACTED")."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return base + "?" + urlencode([(k, "REDACTED" if _SECRET_PARAM.search(k) else v) for k, v in pairs])
+
+
+class RedactQuery(logging.Filter):
+    """For uvicorn's access log, whose records carry the request path (query included) as the
+    third argument."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
+def log_config() -> dict:
+    """uvicorn's default logging, with secret query values blanked in the access log."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg.setdefault("filters", {})["redact_query"] = {"()": RedactQuery}
+    cfg["handlers"]["access"]["filters"] = ["redact_query"]
+    return cfg
 
 
 async def _read_capped(request: Request, limit: int) -> bytes | None:
