@@ -128,9 +128,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from xtalforge.loop.executor import start_ray
-    from xtalforge.oracles.mlip.relax import resolve_device
+    from xtalforge.oracles.mlip.relax import local_device
 
-    device = resolve_device(args.device)
+    device = local_device(args.device)
     structs = structures(args.n, args.max_atoms, args.seed)
     atoms = [len(s) for s in structs]
     print(f"{len(structs)} structures, {min(atoms)}-{max(atoms)} atoms (mean {np.mean(atoms):.1f}); "

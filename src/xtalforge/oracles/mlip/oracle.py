@@ -63,7 +63,7 @@ class MLIPWorker:
         return self.relaxer.embed(structures)
 
 
-def resolve_device(device: str = "auto") -> str:
+def cluster_device(device: str = "auto") -> str:
     """'auto': CUDA when the Ray cluster has a GPU, else CPU."""
     if device != "auto":
         return device
@@ -125,7 +125,7 @@ class MLIPOracle:
         self.hang_grace_s = hang_grace_s if hang_grace_s is not None else max(10.0, 0.25 * timeout_s)
         self.apply_mp2020 = apply_mp2020
         self.model, self.model_options = model, dict(model_options or {})
-        self.device = resolve_device(device)
+        self.device = cluster_device(device)
         self.batched = resolve_batched(batched, model, self.device)
         self.max_batch = max_batch if self.batched else 1
         self.properties = tuple(properties)

@@ -58,8 +58,9 @@ def failed(error: str, seconds: float = 0.0, timed_out: bool = False, raised: bo
 
 
 # -- models ------------------------------------------------------------------------------------
-def resolve_device(device: str = "auto") -> str:
-    """'auto' is CUDA when torch sees a GPU, else CPU."""
+def local_device(device: str = "auto") -> str:
+    """'auto' is CUDA when torch in this process sees a GPU, else CPU (inside an MLIP actor: the
+    GPU Ray gave it; the driver decides with `oracle.cluster_device`)."""
     if device != "auto":
         return device
     import torch
@@ -85,7 +86,7 @@ def load_chgnet(threads: int | None = 1, device: str = "cpu"):
 
     limit_threads(threads)
     with contextlib.redirect_stdout(io.StringIO()):
-        model = CHGNet.load(verbose=False, use_device=resolve_device(device))
+        model = CHGNet.load(verbose=False, use_device=local_device(device))
     # a random proposal with an atom beyond the 5 Å cutoff must not spam stderr every step
     model.graph_converter.set_isolated_atom_response("ignore")
     return model
@@ -227,7 +228,7 @@ def chgnet_calculator(model, device: str = "cpu"):
     from chgnet.model.dynamics import CHGNetCalculator
 
     with contextlib.redirect_stdout(io.StringIO()):
-        return CHGNetCalculator(model=model, use_device=resolve_device(device), on_isolated_atoms="ignore")
+        return CHGNetCalculator(model=model, use_device=local_device(device), on_isolated_atoms="ignore")
 
 
 def relax(model, structure: Structure, fmax: float = 0.1, max_steps: int = 300, relax_cell: bool = True,
@@ -248,7 +249,7 @@ class Relaxer:
     def __init__(self, model: str = "chgnet", batched: bool = False, device: str = "cpu", threads: int | None = 1,
                  model_options: dict | None = None, max_batch: int = 16):
         self.spec = model
-        self.device = resolve_device(device)
+        self.device = local_device(device)
         self.batched = bool(batched) and not is_ase_model(model)
         self.max_batch = max_batch
         self.threads = threads
