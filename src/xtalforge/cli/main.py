@@ -1,4 +1,12 @@
-"""xtalforge run | resume | status | report | ui | lab"""
+"""xtalforge run | resume | status | report | ui | lab
+
+Exit codes (README, "Exit codes"): 0 done; 2 bad input: the config (unreadable, invalid, an
+element without data, a model that is not an ASE calculator) or a command-line argument or
+input file; 1 any other failure: a folder that is not a campaign, a damaged store, a campaign
+already running, a rejected lab submission, a Ray cluster that cannot be joined, an unexpected
+error. Every failure is one line on stderr, `error: ...`, and is found before anything is
+written where it can be.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +28,24 @@ def _quiet() -> None:
     os.environ.setdefault("TQDM_MININTERVAL", "0.5")
 
 
-def _fail(lines: list[str], code: int = 2) -> int:
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _fail(lines: list[str], code: int = EXIT_BAD_INPUT) -> int:
     for line in lines:
         print(f"error: {line}", file=sys.stderr)
     return code
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -51,15 +73,32 @@ def cmd_run(a: argparse.Namespace) -> int:
 
         for g in cfg.generators:  # fail fast on a system no generator can serve
             build_generator(g.name, cfg.elements, cfg.max_atoms, g.options)
-    except (NoCompositionError, ValueError, TypeError) as err:
+    except (NoCompositionError, ValueError, TypeError, KeyError) as err:
         return _fail([f"generators: {err}"])
-    from xtalforge.loop.campaign import Campaign
+    owns_ray = False
+    if cfg.ray.address:
+        # join the cluster before the run folder exists: one that cannot be joined leaves nothing
+        from xtalforge.loop.executor import RayConnectError, start_ray
 
-    camp = Campaign.create(cfg, progress=not a.no_progress)
-    print(f"campaign {cfg.name} in {camp.run_dir}  ({cfg.chemsys}, {cfg.rounds} rounds x "
-          f"{cfg.acquisition.batch_size} relaxations)")
-    camp.run(stop_after=a.stop_after)
-    return 0
+        try:
+            owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus, runtime_env=cfg.ray.runtime_env)
+        except RayConnectError as err:
+            return _fail([str(err)], EXIT_FAILED)
+    from xtalforge.loop.campaign import Campaign
+    from xtalforge.loop.config_guard import record_config
+
+    try:
+        camp = Campaign.create(cfg, progress=not a.no_progress)
+        record_config(camp.store, camp.cfg.model_dump(mode="json"))
+        print(f"campaign {cfg.name} in {camp.run_dir}  ({cfg.chemsys}, {cfg.rounds} rounds x "
+              f"{cfg.acquisition.batch_size} relaxations)")
+        camp.run(stop_after=a.stop_after)
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    return EXIT_OK
 
 
 def _resolve_run(run: str) -> Path:
@@ -69,43 +108,115 @@ def _resolve_run(run: str) -> Path:
     return p
 
 
-def cmd_resume(a: argparse.Namespace) -> int:
-    from xtalforge.loop.campaign import Campaign
-    from xtalforge.loop.lock import CampaignLocked
+def _campaign_folder_problem(run: Path) -> tuple[str, int] | None:
+    """(why `run` cannot be opened as a campaign, exit code), or None. Reads only."""
+    from xtalforge.loop.store import store_problem
+
+    if not run.is_dir():
+        return f"{run}: no such folder", EXIT_FAILED
+    if not (run / "config.yaml").is_file() or not (run / "store.db").exists():
+        return f"{run} is not a campaign folder (no config.yaml and store.db)", EXIT_FAILED
+    why = store_problem(run / "store.db")
+    return (why, EXIT_FAILED) if why else None
+
+
+def _run_config(run: Path):
+    """The run folder's config, or raises ConfigError with the file named in each line."""
+    from xtalforge.config import ConfigError, load_config
 
     try:
-        camp = Campaign.open(_resolve_run(a.run), progress=not a.no_progress)
+        return load_config(run / "config.yaml", relative_to=run)
+    except ConfigError as err:
+        raise ConfigError([f"{run / 'config.yaml'}: {p}" for p in err.problems]) from None
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from xtalforge.config import ConfigError
+    from xtalforge.loop.config_guard import check_resume, record_config, stored_config
+    from xtalforge.loop.lock import CampaignLocked, lock_holder
+    from xtalforge.loop.store import CampaignStore
+
+    run = _resolve_run(a.run)
+    problem = _campaign_folder_problem(run)
+    if problem:
+        return _fail([problem[0]], problem[1])
+    holder = lock_holder(run)  # before anything opens the store or starts Ray
+    if holder:
+        return _fail([f"campaign {run} is already running (pid {holder}); wait for it or stop it first"],
+                     EXIT_FAILED)
+    try:
+        cfg = _run_config(run)
+    except ConfigError as err:
+        return _fail(err.problems)
+    st = CampaignStore(f"sqlite:///{(run / 'store.db').resolve()}")
+    try:
+        edited = cfg.model_dump(mode="json")
+        changed = check_resume(stored_config(st), edited, a.allow_config_change or [])
+        if changed:
+            return _fail([f"{run / 'config.yaml'}: {line}" for line in changed])
+        done = sum(1 for s in st.stages().values() if s == "done")
+        for path, (old, new) in record_config(st, edited, round=done).items():
+            print(f"config change from round {done + 1}: {path}: {old!r} -> {new!r}")
+    finally:
+        st.close()
+    from xtalforge.loop.campaign import Campaign
+
+    owns_ray = False
+    try:
+        if cfg.ray.address:
+            from xtalforge.loop.executor import RayConnectError, start_ray
+
+            try:
+                owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus, runtime_env=cfg.ray.runtime_env)
+            except RayConnectError as err:
+                return _fail([str(err)], EXIT_FAILED)
+        camp = Campaign.open(run, progress=not a.no_progress)
         print(f"resuming {camp.run_dir}")
         camp.run(stop_after=a.stop_after)
-    except (FileNotFoundError, CampaignLocked) as err:
-        return _fail([str(err)], 1)
-    return 0
+    except CampaignLocked as err:
+        return _fail([str(err)], EXIT_FAILED)
+    except (FileNotFoundError, ConfigError) as err:
+        return _fail([str(err)])
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    return EXIT_OK
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from xtalforge.config import load_config
+    from xtalforge.config import ConfigError
     from xtalforge.loop.store import CampaignStore
     from xtalforge.types import Status
 
     run = _resolve_run(a.run)
-    if not (run / "store.db").is_file():
-        return _fail([f"{run} is not a campaign folder"], 1)
-    cfg = load_config(run / "config.yaml")
+    problem = _campaign_folder_problem(run)  # checked read-only: status never writes a schema
+    if problem:
+        return _fail([problem[0]], problem[1])
+    try:
+        cfg = _run_config(run)
+    except ConfigError as err:
+        return _fail(err.problems)
     st = CampaignStore(f"sqlite:///{(run / 'store.db').resolve()}")
-    stages = st.stages()
-    done = sum(1 for s in stages.values() if s == "done")
-    ms = st.measurements()
-    ok = [m for m in ms if m.status == Status.ok]
-    print(f"campaign {cfg.name} ({cfg.chemsys}) in {run}")
-    print(f"  rounds done: {done}/{cfg.rounds}" + (
-        f"; round {max(stages) + 1} is at '{stages[max(stages)]}'" if stages and stages[max(stages)] != "done" else ""))
-    print(f"  candidates: {len(st.candidate_ids())}; evaluations: {len(ms)} ({len(ok)} ok, {len(ms) - len(ok)} failed)")
-    if ok:
-        best = min(ok, key=lambda m: m.values.get("e_above_hull", 1e9))
-        print(f"  best e_above_hull at evaluation time: {best.values['e_above_hull']:+.3f} eV/atom ({best.candidate_id})")
-    print(f"  MLflow run: {st.get('mlflow_run_id')} at {cfg.tracking.uri}")
-    st.close()
-    return 0
+    try:
+        stages = st.stages()
+        done = sum(1 for s in stages.values() if s == "done")
+        ms = st.measurements()
+        ok = [m for m in ms if m.status == Status.ok]
+        print(f"campaign {cfg.name} ({cfg.chemsys}) in {run}")
+        print(f"  rounds done: {done}/{cfg.rounds}" + (
+            f"; round {max(stages) + 1} is at '{stages[max(stages)]}'" if stages and stages[max(stages)] != "done" else ""))
+        print(f"  candidates: {len(st.candidate_ids())}; evaluations: {len(ms)} ({len(ok)} ok, {len(ms) - len(ok)} failed)")
+        if ok:
+            best = min(ok, key=lambda m: m.values.get("e_above_hull", 1e9))
+            if "e_above_hull" in best.values:
+                print(f"  best e_above_hull at evaluation time: {best.values['e_above_hull']:+.3f} eV/atom "
+                      f"({best.candidate_id})")
+        print(f"  MLflow run: {st.get('mlflow_run_id')} at {cfg.tracking.uri}")
+    finally:
+        st.close()
+    return EXIT_OK
 
 
 def cmd_ui(a: argparse.Namespace) -> int:
@@ -118,7 +229,7 @@ def cmd_ui(a: argparse.Namespace) -> int:
     try:
         uri, root = ui_target(_resolve_run(a.run) if a.run else None, a.tracking_uri)
     except (FileNotFoundError, ConfigError) as err:
-        return _fail([str(err)], 1)
+        return _fail([str(err)], EXIT_FAILED)
     if uri.startswith(("http://", "https://")):
         # a remote server already is the UI: starting a second one would show the same data
         print(f"this campaign logs to the MLflow server at {uri}; open that address in a browser")
@@ -135,9 +246,13 @@ def _open_lab(run: str):
     from xtalforge.config import ConfigError, load_config
     from xtalforge.loop.store import CampaignStore
 
+    from xtalforge.loop.store import store_problem
+
     p = _resolve_run(run)
     if not (p / "store.db").is_file() or not (p / "config.yaml").is_file():
         return None, f"{p} is not a campaign folder"
+    if why := store_problem(p / "store.db"):
+        return None, why
     try:
         cfg = load_config(p / "config.yaml")
     except ConfigError as err:
@@ -208,15 +323,26 @@ def cmd_lab_requests(a: argparse.Namespace) -> int:
 
 
 def cmd_lab_serve(a: argparse.Namespace) -> int:
+    import socket
+
     import uvicorn
 
-    from xtalforge.oracles.lab.api import create_app
+    from xtalforge.oracles.lab.api import create_app, log_config
     from xtalforge.oracles.lab.intake import TOKEN_KEY
 
     opened, why = _open_lab(a.run)
     if opened is None:
-        return _fail([why], 1)
+        return _fail([why], EXIT_FAILED)
     lab, st, p = opened
+    try:
+        # bind first: a port in use or not ours to take is one line, before uvicorn logs anything
+        family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((a.host, a.port))
+    except OSError as err:
+        st.close()
+        return _fail([f"cannot listen on {a.host}:{a.port}: {err.strerror or err}"], EXIT_FAILED)
     if st.get(TOKEN_KEY) is None:
         print(f"warning: no token yet; every call but /health gets 401 until `xtalforge lab token {p}`",
               file=sys.stderr)
@@ -225,10 +351,12 @@ def cmd_lab_serve(a: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"lab '{lab.name}' of {p} at http://{a.host}:{a.port}  (spec: /openapi.json)")
     try:
-        uvicorn.run(create_app(st, lab.name), host=a.host, port=a.port, log_level="info")
+        server = uvicorn.Server(uvicorn.Config(create_app(st, lab.name), log_level="info", log_config=log_config()))
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         st.close()
-    return 0
+    return EXIT_OK
 
 
 def _add_lab_parser(sub: argparse._SubParsersAction) -> None:
@@ -245,7 +373,7 @@ def _add_lab_parser(sub: argparse._SubParsersAction) -> None:
     v = lsub.add_parser("serve", help="serve the lab HTTP API (GET /requests, POST /results)")
     v.add_argument("run")
     v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8765)
+    v.add_argument("--port", type=_port, default=8765)
     v.set_defaults(fn=cmd_lab_serve)
     r = lsub.add_parser("requests", help="list the lab's requests")
     r.add_argument("run")
@@ -266,8 +394,15 @@ def _add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (`error: ...`, exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xtalforge", description="Closed-loop discovery of inorganic crystals")
+    p = _Parser(prog="xtalforge", description="Closed-loop discovery of inorganic crystals")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="start a campaign from a YAML config")
@@ -283,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run folder (e.g. runs/quickstart)")
     s.add_argument("--stop-after", type=int, metavar="N")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--allow-config-change", action="append", metavar="SETTING",
+                   help="run the rest of the campaign with an edited setting that alters results "
+                        "(e.g. mlip.fmax or acquisition); repeat for several; the change is recorded")
     s.set_defaults(fn=cmd_resume)
 
     st = sub.add_parser("status", help="where a campaign stands")
@@ -293,18 +431,29 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("run", nargs="?")
     u.add_argument("--tracking-uri")
     u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--port", type=_port, default=5000)
     u.set_defaults(fn=cmd_ui)
     _add_lab_parser(sub)
     _add_synth_parser(sub)
     _add_pretrain_parser(sub)
+    __import__("xtalforge.cli.sample", fromlist=["add_parser"]).add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet()
     a = build_parser().parse_args(argv)
-    return a.fn(a)
+    try:
+        return a.fn(a)
+    except KeyboardInterrupt:
+        return _fail(["interrupted"], 130)
+    except Exception as err:  # the last guard: one line, never a traceback (XTALFORGE_DEBUG=1 shows it)
+        if os.environ.get("XTALFORGE_DEBUG"):
+            raise
+        logging.getLogger("xtalforge").debug("unexpected error", exc_info=True)
+        text = " ".join(str(err).split())[:500]
+        return _fail([f"{type(err).__name__}: {text} (run with XTALFORGE_DEBUG=1 for the traceback)"],
+                     EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The Wyckoff generator: a symmetry-aware autoregressive model as a campaign Generator.
 
-Life cycle: weights come from a checkpoint (`xtalforge pretrain`), from pre-training at
-construction on `pretrain_data`, or from pre-training on the campaign's own low-energy
-structures (`pretrain_on_history`, in `prepare`, which the campaign calls on the driver before
-proposing). Until it has weights it proposes nothing. Every round `update` fine-tunes the policy
+Life cycle: weights come from the checkpoint shipped with the package (pre-trained on Materials
+Project crystals of at most 20 atoms; the default), from another checkpoint (`xtalforge
+pretrain`), from pre-training at construction on `pretrain_data`, or from pre-training on the
+campaign's own low-energy structures (`pretrain_on_history`, in `prepare`, which the campaign
+calls on the driver before proposing). Until it has weights it proposes nothing. Every round `update` fine-tunes the policy
 on its evaluated proposals with a KL leash to the pre-trained reference.
 
 The generator pickles as plain CPU state dicts, so a Ray worker gets a copy that can sample.
@@ -22,39 +23,22 @@ import numpy as np
 import torch
 from pymatgen.core import Element, Structure
 
+from xtalforge.generators.wyckoff.drawing import decode_checked, draw, structure_problem
 from xtalforge.generators.wyckoff.encoding import CrystalSeq, decode, encode
 from xtalforge.generators.wyckoff.model import Constraints, ModelConfig, WyckoffTransformer
 from xtalforge.generators.wyckoff.rl import RLConfig, kl_estimate, policy_update, reward
 from xtalforge.generators.wyckoff.sampler import collate, sample
 from xtalforge.generators.wyckoff.tables import wyckoff_tables
-from xtalforge.generators.wyckoff.train import (TrainConfig, encode_all, load_checkpoint, pretrain, quiet_stderr,
-                                                read_cif_csv, torch_threads)
+from xtalforge.generators.wyckoff.train import (CheckpointError, TrainConfig, encode_all, load_checkpoint, pretrain,
+                                                quiet_stderr, read_card, read_cif_csv, shipped_checkpoint,
+                                                torch_threads)
 from xtalforge.types import Candidate, Measurement, RoundContext
 
 log = logging.getLogger(__name__)
 
-MIN_DISTANCE = 0.5  # Å, as synthesis.validity
-VOLUME_PER_ATOM = (5.0, 100.0)  # Å^3/atom, as synthesis.validity
-
 SIZES = {"tiny": ModelConfig.tiny, "small": lambda max_sites=12: ModelConfig(
     d_model=96, n_layers=3, n_heads=4, d_ff=192, max_sites=max_sites, n_vm=6, n_lattice=6),
     "base": lambda max_sites=12: ModelConfig(max_sites=max_sites)}
-
-
-def structure_problem(s: Structure) -> str:
-    """'' when no two atoms are closer than MIN_DISTANCE Å and the density is that of a solid."""
-    n = len(s)
-    vpa = s.volume / n
-    if not math.isfinite(vpa) or not VOLUME_PER_ATOM[0] <= vpa <= VOLUME_PER_ATOM[1]:
-        return "volume"
-    if min(s.lattice.abc) < MIN_DISTANCE:
-        return "too_close"
-    if n > 1:
-        dm = s.distance_matrix
-        np.fill_diagonal(dm, np.inf)
-        if dm.min() < MIN_DISTANCE:
-            return "too_close"
-    return ""
 
 
 def load_structures(source: str | Sequence[str]) -> list[Structure]:
@@ -73,6 +57,31 @@ def load_structures(source: str | Sequence[str]) -> list[Structure]:
     return [s for s in out if s.is_ordered]
 
 
+def check_vocabulary(folder: str | Path, elements: Sequence[str]) -> None:
+    """Refuse (ValueError, one line) elements the checkpoint never saw in training: the model
+    gives them near-zero probability, so sampling them would be noise. Checkpoints without an
+    element list in their card accept any element."""
+    card = read_card(folder).get("info", {})
+    vocab = card.get("elements")
+    if not vocab:
+        return
+    missing = sorted(set(elements) - set(vocab))
+    if missing:
+        raise CheckpointError(f"{Path(folder) / 'model.json'}: element(s) {', '.join(missing)} are not in this "
+                              f"checkpoint's vocabulary ({len(vocab)} elements seen in training)")
+
+
+def trained_systems_within(elements: Sequence[str], folder: str | Path | None = None) -> list[str]:
+    """The chemical systems of at least two elements inside `elements` that the checkpoint
+    (default: the shipped one) was trained on, from its card. A rediscovery benchmark on that
+    system must drop the generator (or use a checkpoint from `xtalforge pretrain
+    --exclude-chemsys`) when this is not empty: the model has seen the answers."""
+    card = read_card(folder or shipped_checkpoint()).get("info", {})
+    target = set(elements)
+    return [cs for cs in card.get("chemical_systems", [])
+            if len(cs.split("-")) >= 2 and set(cs.split("-")) <= target]
+
+
 def _to_b64(model: WyckoffTransformer) -> str:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
@@ -86,19 +95,22 @@ def _from_b64(text: str) -> dict:
 class WyckoffGenerator:
     """Options (config `generators: [{name: wyckoff, options: {...}}]`):
 
-    checkpoint: folder from `xtalforge pretrain`; pretrain_data: CIF CSV, CIF folder or list of
+    checkpoint: folder from `xtalforge pretrain`, "shipped" (the default: the packaged
+    Materials Project model, unless pretrain_data or pretrain_on_history is given) or none;
+    pretrain_data: CIF CSV, CIF folder or list of
     CIF paths to pre-train on now; pretrain_on_history: pre-train in `prepare` on up to
     history_top evaluated structures within history_max_e_above_hull (eV/atom), once at least
     min_history exist. model_size tiny | small | base (or `model`, a ModelConfig dict);
     max_sites: Wyckoff orbits per crystal (default max_atoms). pretrain_epochs, pretrain_lr.
     Fine-tuning: beta (KL weight), lr, rl_epochs, clip, kl_samples, metric_samples (fresh samples
     scored per round), reward_terms (see `rl.reward`). Sampling: spacegroups (fix a list),
-    temperature, oversample (draw rounds to fill n valid proposals), symprec (Å, encoding).
+    temperature, oversample (draw rounds to fill n valid proposals), prefer_balanced (take
+    charge-balanced compositions first, see `drawing`), symprec (Å, encoding).
     """
 
     name = "wyckoff"
 
-    def __init__(self, elements: Sequence[str], max_atoms: int, checkpoint: str | None = None,
+    def __init__(self, elements: Sequence[str], max_atoms: int, checkpoint: str | None = "shipped",
                  pretrain_data: str | list[str] | None = None, pretrain_on_history: bool = False,
                  history_top: int = 50, history_max_e_above_hull: float = 0.2, min_history: int = 2,
                  model_size: str = "tiny", model: dict | None = None, max_sites: int | None = None,
@@ -106,7 +118,7 @@ class WyckoffGenerator:
                  beta: float = 0.1, lr: float = 1e-4, rl_epochs: int = 4, clip: float = 0.2,
                  kl_samples: int = 32, metric_samples: int = 32, reward_terms: dict | None = None,
                  spacegroups: list[int] | None = None, temperature: float = 1.0, oversample: int = 4,
-                 symprec: float = 0.01, seed: int = 0, threads: int = 1):
+                 prefer_balanced: bool = True, symprec: float = 0.01, seed: int = 0, threads: int = 1):
         self.elements = tuple(elements)
         self.max_atoms = int(max_atoms)
         self.tables = wyckoff_tables()
@@ -120,6 +132,7 @@ class WyckoffGenerator:
         self.metric_samples = metric_samples
         self.reward_terms = reward_terms
         self.temperature, self.oversample, self.symprec = temperature, oversample, symprec
+        self.prefer_balanced = prefer_balanced
         self.seed, self.threads = seed, threads
         self.baseline: float | None = None
         self.updates = 0
@@ -132,12 +145,12 @@ class WyckoffGenerator:
             self.model_cfg = SIZES[model_size](max_sites or self.max_atoms)
         self.policy: WyckoffTransformer | None = None
         self.ref: WyckoffTransformer | None = None
-        if checkpoint:
-            try:
-                ref = load_checkpoint(checkpoint)
-            except FileNotFoundError as err:
-                raise ValueError(f"{err}; make one with: xtalforge pretrain DATA.csv --out {checkpoint}") from None
-            self._set_reference(ref, f"checkpoint:{checkpoint}")
+        if checkpoint == "shipped" and (pretrain_data or pretrain_on_history):
+            checkpoint = None  # the caller asked for weights from data
+        if checkpoint and str(checkpoint).lower() != "none":
+            folder = shipped_checkpoint() if checkpoint == "shipped" else Path(checkpoint)
+            check_vocabulary(folder, self.elements)
+            self._set_reference(load_checkpoint(folder), f"checkpoint:{checkpoint}")
         elif pretrain_data:
             self._pretrain(load_structures(pretrain_data), f"data:{pretrain_data}")
 
@@ -193,22 +206,8 @@ class WyckoffGenerator:
         structural checks, and the rejection counts."""
         with torch_threads(self.threads):
             seqs, logp = sample(self.policy, n, cons, gen, self.temperature)
-        out, why = [], {}
-        for q, lp in zip(seqs, logp.tolist()):
-            try:
-                s = decode(q, self.tables)
-                p = structure_problem(s)
-                if not p:
-                    s = s.get_primitive_structure()
-                    if cons.max_atoms is not None and len(s) > cons.max_atoms:
-                        p = "too_many_atoms"
-            except Exception:  # a degenerate sampled lattice
-                p = "lattice"
-            if p:
-                why[p] = why.get(p, 0) + 1
-            else:
-                out.append((q, s, lp))
-        return out, why
+        got, why = decode_checked(seqs, logp, self.tables, cons.max_atoms)
+        return [(d.seq, d.structure, d.logp) for d in got], why
 
     def propose(self, n: int, ctx: RoundContext) -> list[Candidate]:
         if not self.ready:
@@ -216,18 +215,17 @@ class WyckoffGenerator:
             return []
         gen = torch.Generator().manual_seed(int(ctx.rng.integers(2**62)))
         cons = self._constraints(ctx)
+        with torch_threads(self.threads):
+            got, _why = draw(self.policy, n, cons, self.tables, gen, self.temperature,
+                             prefer_balanced=self.prefer_balanced, oversample=self.oversample)
         out: list[Candidate] = []
-        for _ in range(self.oversample):
-            if len(out) >= n:
-                break
-            got, _why = self.sample_structures(max(n - len(out), 4), cons, gen)
-            for q, s, lp in got[: n - len(out)]:
-                c = Candidate(structure=s, source=self.name, round=ctx.round,
-                              meta={"spacegroup": q.sg, "wyckoff": q.to_json(), "logp": lp})
-                # a structure without pymatgen's cached lattice arrays: Ray hands numpy arrays
-                # back read-only, and cached LLL arrays then break distance calculations
-                c.structure = Structure.from_dict(s.as_dict())
-                out.append(c)
+        for d in got:
+            c = Candidate(structure=d.structure, source=self.name, round=ctx.round,
+                          meta={"spacegroup": d.seq.sg, "wyckoff": d.seq.to_json(), "logp": d.logp})
+            # a structure without pymatgen's cached lattice arrays: Ray hands numpy arrays
+            # back read-only, and cached LLL arrays then break distance calculations
+            c.structure = Structure.from_dict(d.structure.as_dict())
+            out.append(c)
         return out
 
     # -- learning --------------------------------------------------------------------------

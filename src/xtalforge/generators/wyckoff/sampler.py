@@ -1,7 +1,12 @@
 """Ancestral sampling from the Wyckoff transformer, one token at a time with a key/value cache.
 
 The masks are the ones `WyckoffTransformer.log_prob` applies, so the log-probability returned
-with each sample equals the teacher-forced one (a test checks this)."""
+with each sample equals the teacher-forced one (a test checks this). A target composition adds
+masks that only sampling applies (crystal structure prediction): letters and elements are
+restricted so that every element's count stays within k times its share of the reduced formula
+for some number of formula units k that fits max_atoms, and the crystal may stop only when the
+counts are exactly k formula units. A sample that runs into a dead end (no letter can continue it)
+comes back with log-probability -inf."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from xtalforge.generators.wyckoff.distributions import gmm_log_prob, gmm_sample, vm_log_prob, vm_sample
-from xtalforge.generators.wyckoff.encoding import CrystalSeq
+from xtalforge.generators.wyckoff.encoding import MAX_Z, CrystalSeq
 from xtalforge.generators.wyckoff.model import Constraints, WyckoffTransformer
 from xtalforge.generators.wyckoff.tables import N_LETTERS
 
@@ -25,8 +30,12 @@ def _categorical(logits: torch.Tensor, mask: torch.Tensor, gen: torch.Generator,
 
 @torch.no_grad()
 def sample(model: WyckoffTransformer, n: int, constraints: Constraints | None = None,
-           gen: torch.Generator | None = None, temperature: float = 1.0) -> tuple[list[CrystalSeq], torch.Tensor]:
-    """`n` crystals and their log-probabilities (n,) under the model and `constraints`."""
+           gen: torch.Generator | None = None, temperature: float = 1.0,
+           composition: dict[int, int] | None = None) -> tuple[list[CrystalSeq], torch.Tensor]:
+    """`n` crystals and their log-probabilities (n,) under the model and `constraints`.
+
+    composition: a target reduced formula as {atomic number: count}; samples then have that
+    composition (some number of formula units), and dead ends have log-probability -inf."""
     model.eval()
     cons = constraints or Constraints()
     gen = gen or torch.Generator().manual_seed(0)
@@ -42,6 +51,15 @@ def sample(model: WyckoffTransformer, n: int, constraints: Constraints | None = 
     h = step(model.emb_g(sg))
     max_conv = cons.max_conv(model, sg)
     elem_mask = cons.elem_mask(model, n)
+    target = None
+    if composition:
+        target = torch.zeros(MAX_Z + 1, dtype=torch.long)
+        for z, c in composition.items():
+            target[int(z)] = int(c)
+        elem_mask = elem_mask & (target > 0)[None]
+        kmax = max_conv // int(target.sum())  # most formula units in the conventional cell
+        placed = torch.zeros(n, MAX_Z + 1, dtype=torch.long)
+        dead = torch.zeros(n, dtype=torch.bool)
     letters = torch.zeros(n, S + 1, dtype=torch.long)
     species = torch.zeros(n, S, dtype=torch.long)
     xyz = torch.zeros(n, S, 3)
@@ -53,6 +71,9 @@ def sample(model: WyckoffTransformer, n: int, constraints: Constraints | None = 
     zero = torch.zeros(n)
     for i in range(S + 1):
         m = model.w_mask(sg, cum, used0, i, max_conv)
+        if target is not None:
+            m, stuck = _composition_letters(model, sg, m, placed, target, kmax)
+            dead = dead | (stuck & ~done)
         w, lp = _categorical(model.head_w(h), m, gen, temperature)
         w = torch.where(done, torch.zeros_like(w), w)
         logp = logp + torch.where(done, zero, lp)
@@ -69,9 +90,16 @@ def sample(model: WyckoffTransformer, n: int, constraints: Constraints | None = 
         done = done | stop
         if bool(done.all()) or i == S:
             break
-        z, lp = _categorical(model.head_a(h), elem_mask, gen, temperature)
+        em = elem_mask
+        if target is not None:  # elements whose count can still take this orbit
+            mult = model.mult[sg - 1, w]
+            em = em & ((placed + mult[:, None]) <= kmax[:, None] * target[None])
+            em = em | (done | ~em.any(-1))[:, None] & elem_mask  # finished rows: any valid token
+        z, lp = _categorical(model.head_a(h), em, gen, temperature)
         logp = logp + torch.where(done, zero, lp)
         species[:, i] = torch.where(done, torch.zeros_like(z), z)
+        if target is not None:
+            placed[torch.arange(n), species[:, i]] += torch.where(done, 0, model.mult[sg - 1, w])
         h = step(model.emb_a(species[:, i], i))
         free = model.free[sg - 1, w]  # (n, 3)
         for ax in range(3):
@@ -85,6 +113,8 @@ def sample(model: WyckoffTransformer, n: int, constraints: Constraints | None = 
         fixed = ~done & (model.dof[sg - 1, w] == 0)
         used0 = used0 | (F.one_hot(w, N_LETTERS).bool() & fixed[:, None])
 
+    if target is not None:
+        logp = torch.where(dead, torch.full_like(logp, -torch.inf), logp)
     lattice = model.lattice_from_target(lat_y, cum)
     out = []
     for b in range(n):
@@ -92,6 +122,25 @@ def sample(model: WyckoffTransformer, n: int, constraints: Constraints | None = 
         out.append(CrystalSeq(int(sg[b]), letters[b, :k].tolist(), species[b, :k].tolist(),
                               xyz[b, :k].double().numpy().reshape(-1, 3), lattice[b].double().numpy()))
     return out, logp
+
+
+def _composition_letters(model: WyckoffTransformer, sg: torch.Tensor, mask: torch.Tensor, placed: torch.Tensor,
+                         target: torch.Tensor, kmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Narrow the letter mask (B, 28) to letters some target element can still fill, with stop
+    only at a whole number of formula units. Rows with nothing left are forced to stop and
+    returned as stuck."""
+    mult = model.mult[sg - 1]  # (B, 28)
+    room = kmax[:, None] * target[None] - placed  # (B, Z): atoms each element may still take
+    room = torch.where(target[None] > 0, room, torch.zeros_like(room))
+    fits = (mult[:, :, None] <= room[:, None, :]).any(-1)  # (B, 28)
+    m = mask & fits
+    on = target > 0
+    ratio = placed[:, on] / target[on]  # formula units placed, per element
+    whole = (ratio == ratio[:, :1]).all(-1) & (ratio[:, 0] >= 1) & (ratio[:, 0] == ratio[:, 0].floor())
+    m[:, 0] = whole
+    stuck = ~m.any(-1)
+    m[stuck, 0] = True
+    return m, stuck
 
 
 def collate(seqs: list[CrystalSeq], max_sites: int) -> dict[str, torch.Tensor]:

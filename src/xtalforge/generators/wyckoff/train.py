@@ -1,13 +1,17 @@
 """Pre-training by maximum likelihood, data loading and checkpoints.
 
 A checkpoint is a folder with `model.pt` (a state_dict of CPU tensors, loaded with
-`weights_only=True`, so no code is ever unpickled) and `model.json` (the network size and a
-summary of what it was trained on).
+`weights_only=True`, so no code is ever unpickled) and `model.json` (the network size, the
+SHA-256 of model.pt and a card: what it was trained on, the split, metrics, the element
+vocabulary and chemical systems). A checkpoint whose weights do not match their recorded hash,
+that torch cannot read as plain tensors, or whose tensors do not fit the recorded network is
+refused with a `CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -38,6 +42,11 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1  # small matrices: more threads mostly add contention
     max_seconds: float | None = None  # wall-clock budget; the schedule follows whichever ends first
+    patience: int | None = None  # stop after this many epochs without a lower held-out NLL
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupted, tampered with, or for another network."""
 
 
 @contextlib.contextmanager
@@ -119,15 +128,42 @@ def nll_loss(model: WyckoffTransformer, batch: dict[str, torch.Tensor]) -> tuple
     """Mean negative log-likelihood per crystal (nats), and its parts for logging."""
     parts = model.log_prob(batch, parts=True)
     total = sum(parts.values())
-    return -total.mean(), {f"nll_{k}": float(-v.mean()) for k, v in parts.items()}
+    return -total.mean(), {f"nll_{k}": float(-v.detach().mean()) for k, v in parts.items()}
+
+
+def length_batches(seqs: list[CrystalSeq], batch_size: int, rng: np.random.Generator | None = None) -> list[list[int]]:
+    """Index batches of sequences of similar length (a batch is padded to its longest member,
+    and most crystals have 2-4 orbits), in random order when `rng` is given."""
+    keys = np.array([q.n_sites for q in seqs], float)
+    if rng is not None:  # shuffle within a length, keep lengths together
+        keys = keys + rng.random(len(seqs)) * 0.5
+    order = np.argsort(keys, kind="stable")
+    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+@torch.no_grad()
+def mean_nll(model: WyckoffTransformer, seqs: list[CrystalSeq], batch_size: int = 256) -> float:
+    """Mean negative log-likelihood per crystal (nats) of `seqs` (those within max_sites)."""
+    seqs = [q for q in seqs if q.n_sites <= model.cfg.max_sites]
+    model.eval()
+    total = 0.0
+    for idx in length_batches(seqs, batch_size):
+        total += float(-model.log_prob(collate([seqs[i] for i in idx], model.cfg.max_sites)).sum())
+    return total / max(1, len(seqs))
 
 
 def pretrain(seqs: list[CrystalSeq], model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None,
              model: WyckoffTransformer | None = None, progress: bool = False,
-             on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[WyckoffTransformer, dict]:
-    """Fit a model to `seqs` by maximum likelihood. With a held-out split (>= 40 structures) the
-    weights of the epoch with the lowest held-out NLL are kept. Returns the model and the last
-    epoch's metrics (plus best_val_nll and best_epoch)."""
+             on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+             val: list[CrystalSeq] | None = None) -> tuple[WyckoffTransformer, dict]:
+    """Fit a model to `seqs` by maximum likelihood. The held-out set is `val` when given (a
+    split made by the caller, e.g. by composition), else a random `val_fraction` of `seqs` when
+    there are at least 40. The weights of the epoch with the lowest held-out NLL are kept, and
+    with `cfg.patience` training stops once that many epochs passed without improvement.
+    Returns the model and the last epoch's metrics (plus best_val_nll and best_epoch)."""
     from tqdm import tqdm
 
     cfg = cfg or TrainConfig()
@@ -142,10 +178,14 @@ def pretrain(seqs: list[CrystalSeq], model_cfg: ModelConfig | None = None, cfg: 
     if not seqs:
         raise ValueError("no training structures fit the model's max_sites")
     rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(seqs))
-    n_val = int(len(seqs) * cfg.val_fraction) if len(seqs) >= 40 else 0
-    val = [seqs[i] for i in order[:n_val]]
-    train = [seqs[i] for i in order[n_val:]]
+    if val is not None:
+        train = seqs
+        val = [q for q in val if q.n_sites <= model.cfg.max_sites]
+    else:
+        order = rng.permutation(len(seqs))
+        n_val = int(len(seqs) * cfg.val_fraction) if len(seqs) >= 40 else 0
+        val = [seqs[i] for i in order[:n_val]]
+        train = [seqs[i] for i in order[n_val:]]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = max(1, cfg.epochs * steps_per_epoch)
@@ -166,14 +206,12 @@ def pretrain(seqs: list[CrystalSeq], model_cfg: ModelConfig | None = None, cfg: 
         for epoch in bar:
             t0 = time.perf_counter()
             model.train()
-            perm = rng.permutation(len(train))
             sums: dict[str, float] = {}
             seen = 0
-            for k in range(steps_per_epoch):
+            for idx in length_batches(train, cfg.batch_size, rng):
                 frac = progress_frac(step)
                 for grp in opt.param_groups:
                     grp["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-                idx = perm[k * cfg.batch_size:(k + 1) * cfg.batch_size]
                 batch = collate([train[i] for i in idx], model.cfg.max_sites)
                 loss, parts = nll_loss(model, batch)
                 opt.zero_grad(set_to_none=True)
@@ -186,9 +224,7 @@ def pretrain(seqs: list[CrystalSeq], model_cfg: ModelConfig | None = None, cfg: 
                     sums[key] = sums.get(key, 0.0) + v * len(idx)
             metrics = {k: v / seen for k, v in sums.items()}
             if val:
-                model.eval()
-                with torch.no_grad():
-                    metrics["val_nll"] = float(nll_loss(model, collate(val, model.cfg.max_sites))[0])
+                metrics["val_nll"] = mean_nll(model, val)
                 if best is None or metrics["val_nll"] < best[0]:
                     best = (metrics["val_nll"], epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
             metrics["lr"] = opt.param_groups[0]["lr"]
@@ -199,6 +235,10 @@ def pretrain(seqs: list[CrystalSeq], model_cfg: ModelConfig | None = None, cfg: 
                 on_epoch(epoch, metrics)
             if progress_frac(step) >= 1.0:
                 break
+            if cfg.patience is not None and best is not None and epoch - best[1] >= cfg.patience:
+                log.info("early stop at epoch %d: held-out NLL last improved at epoch %d", epoch + 1, best[1] + 1)
+                metrics["early_stopped"] = 1.0
+                break
     if best is not None:  # keep the weights that generalised best, not the last ones
         model.load_state_dict(best[2])
         metrics.update(best_val_nll=best[0], best_epoch=float(best[1] + 1))
@@ -206,24 +246,73 @@ def pretrain(seqs: list[CrystalSeq], model_cfg: ModelConfig | None = None, cfg: 
     return model, metrics
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def save_checkpoint(model: WyckoffTransformer, folder: str | Path, info: dict | None = None) -> Path:
+    """Write model.pt (CPU tensors only) and model.json (network size, SHA-256 of model.pt, `info`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
-    (folder / "model.json").write_text(json.dumps({"model": model.cfg.to_json(), "info": info or {}}, indent=2))
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, folder / "model.pt")
+    meta = {"format": "xtalforge-wyckoff-1", "model": model.cfg.to_json(),
+            "sha256": _sha256(folder / "model.pt"), "info": info or {}}
+    (folder / "model.json").write_text(json.dumps(meta, indent=1))
     return folder
 
 
+def read_card(folder: str | Path) -> dict:
+    """model.json of a checkpoint folder (network size, hash, card); CheckpointError if unreadable."""
+    path = Path(folder) / "model.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a checkpoint folder holds model.pt and model.json "
+                              "(make one with `xtalforge pretrain`)")
+    try:
+        meta = json.loads(path.read_text())
+        ModelConfig(**meta["model"])
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not a Wyckoff checkpoint description ({type(err).__name__}: {err})") from None
+    return meta
+
+
 def load_checkpoint(folder: str | Path) -> WyckoffTransformer:
+    """The model in a checkpoint folder, refusing (CheckpointError, naming the file) weights whose
+    hash differs from the recorded one, that are not plain tensors, or that do not fit the network."""
     folder = Path(folder)
-    if not (folder / "model.pt").is_file() or not (folder / "model.json").is_file():
-        raise FileNotFoundError(f"{folder}: not a Wyckoff checkpoint (model.pt and model.json)")
-    meta = json.loads((folder / "model.json").read_text())
+    meta = read_card(folder)
+    pt = folder / "model.pt"
+    if not pt.is_file():
+        raise CheckpointError(f"{pt}: missing")
+    want = meta.get("sha256")
+    if want and _sha256(pt) != want:  # checked before torch reads a single byte
+        raise CheckpointError(f"{pt}: SHA-256 differs from the one in model.json; the file was changed or damaged")
+    try:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+    except Exception as err:  # weights-only unpickling refuses anything but tensors and containers
+        raise CheckpointError(f"{pt}: not a plain tensor file ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{pt}: not a dict of tensors")
     model = WyckoffTransformer(ModelConfig(**meta["model"]), wyckoff_tables())
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0:2]
+        raise CheckpointError(f"{pt}: weights do not fit the network in model.json ({' '.join(first)})") from None
     model.eval()
     return model
 
 
-__all__ = ["TrainConfig", "cached_encodings", "encode_all", "load_checkpoint", "nll_loss", "pretrain",
-           "read_cif_csv", "save_checkpoint", "torch_threads"]
+def shipped_checkpoint() -> Path:
+    """The checkpoint that ships with the package (pre-trained on Materials Project crystals)."""
+    from importlib import resources
+
+    return Path(str(resources.files("xtalforge").joinpath("data", "wyckoff", "mp20")))
+
+
+__all__ = ["CheckpointError", "TrainConfig", "cached_encodings", "encode_all", "length_batches", "load_checkpoint",
+           "mean_nll", "nll_loss", "pretrain", "read_card", "read_cif_csv", "save_checkpoint", "shipped_checkpoint",
+           "torch_threads"]
