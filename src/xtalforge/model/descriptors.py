@@ -146,6 +146,33 @@ def chgnet_features(structures: Sequence[Structure], cache: Path | None = None,
     return out
 
 
+def cached_chgnet_features(structures: Sequence[Structure], root: str | Path | None = None,
+                           progress: Callable[[str], None] | None = None) -> np.ndarray:
+    """`chgnet_features` (N, 66) through the per-structure disk cache (model.feature_cache):
+    CHGNet is loaded, once, only when some structure has no cached row."""
+    from xtalforge.model.feature_cache import cached_rows
+
+    model = []
+
+    def compute(chunk: list[Structure]) -> np.ndarray:
+        if not model:
+            import torch
+
+            from xtalforge.oracles.mlip.relax import load_chgnet
+
+            model.append(load_chgnet(threads=torch.get_num_threads()))
+        return chgnet_features(chunk, model=model[0])
+
+    return cached_rows(structures, "chgnet", compute, root=root, progress=progress)
+
+
+def local_embed(root: str | Path | None = None) -> Callable[[list[Structure]], np.ndarray]:
+    """An `embed` function for "chgnet+composition" that runs CHGNet in this process (cached on
+    disk), giving the same 64 numbers per structure as the MLIP oracle's workers: a backtest's
+    stand-in for the campaign's Ray actors."""
+    return lambda structures: cached_chgnet_features(structures, root)[:, :64]
+
+
 def cache_path(key: str, featurizer: str, root: str | Path | None = None) -> Path:
     """Where CHGNet features of data set `key` go: ~/.cache/xtalforge (or XTALFORGE_CACHE)."""
     import os
@@ -157,11 +184,12 @@ def cache_path(key: str, featurizer: str, root: str | Path | None = None) -> Pat
 
 def featurize(name: str, structures: Sequence[Structure], elements: Sequence[str] = (),
               embed: Callable[[list[Structure]], np.ndarray] | None = None,
-              cache: Path | None = None) -> np.ndarray:
+              cache: Path | None = None, cache_root: str | Path | None = None) -> np.ndarray:
     """Feature matrix (N, d) of `structures` by featurizer `name` (see FEATURIZERS).
 
     `embed` supplies CHGNet embeddings for "chgnet+composition" (the campaign passes its MLIP
-    oracle's Ray actors); "chgnet+magpie+structure" loads CHGNet here, caching to `cache`."""
+    oracle's Ray actors; a backtest passes `local_embed()`); "chgnet+magpie+structure" loads
+    CHGNet here, caching per structure under `cache_root` (or to the one file `cache`)."""
     from xtalforge.model.features import composition_features
 
     if name not in FEATURIZERS:
@@ -177,4 +205,5 @@ def featurize(name: str, structures: Sequence[Structure], elements: Sequence[str
     base = np.stack([np.concatenate([magpie_features(s.composition), structure_features(s)]) for s in structures])
     if name == "magpie+structure":
         return base
-    return np.concatenate([base, chgnet_features(structures, cache=cache)], axis=1)
+    chg = cached_chgnet_features(structures, cache_root) if cache is None else chgnet_features(structures, cache=cache)
+    return np.concatenate([base, chg], axis=1)

@@ -17,6 +17,7 @@ of the expensive ones as far as their learned correlation allows.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -28,6 +29,40 @@ import torch
 from xtalforge.model.base import FitReport, OutcomeData
 
 DTYPE = torch.float64
+
+
+KERNELS = ("rbf", "rbf+linear")
+
+
+def _covar_module(kernel: str, dim: int):
+    """None (BoTorch's default: RBF with ARD lengthscales and a dimension-scaled prior) for
+    "rbf"; for "rbf+linear" that kernel plus a scaled linear kernel on the inputs centred in
+    the unit cube: a Bayesian linear read-out of the features that the RBF part corrects,
+    which extrapolates a trend past the few points a small training set has."""
+    if kernel == "rbf":
+        return None
+    from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+    from gpytorch.priors import GammaPrior
+
+    rbf = get_covar_module_with_dim_scaled_prior(ard_num_dims=dim)
+    # variance prior mean 6 / dim: a read-out of dim centred unit-range inputs then has a prior
+    # spread of about half the standardized outcome's variance at a typical point
+    lin = _centred_linear_kernel()(variance_prior=GammaPrior(2.0, dim / 3.0))
+    return rbf + lin
+
+
+@functools.lru_cache(maxsize=None)
+def _centred_linear_kernel():
+    from gpytorch.kernels import LinearKernel
+
+    class CentredLinearKernel(LinearKernel):
+        """variance * (x - 1/2) . (x' - 1/2): a linear kernel on inputs the Normalize transform
+        put in the unit cube, centred so that no direction is favoured by where the cube sits."""
+
+        def forward(self, x1, x2, diag=False, last_dim_is_batch=False, **params):
+            return super().forward(x1 - 0.5, x2 - 0.5, diag=diag, **params)
+
+    return CentredLinearKernel
 
 
 class SurrogateError(ValueError):
@@ -107,7 +142,11 @@ class Surrogate:
     """
 
     def __init__(self, max_exact: int = 2000, hyper_subset: int = 600, maxiter: int = 75,
-                 fit_timeout_s: float = 20.0, target_fidelity: int | None = None, seed: int = 0):
+                 fit_timeout_s: float = 20.0, target_fidelity: int | None = None, kernel: str = "rbf",
+                 seed: int = 0):
+        if kernel not in KERNELS:
+            raise SurrogateError(f"kernel {kernel!r}: use one of {', '.join(KERNELS)}")
+        self.kernel = kernel
         self.max_exact = max_exact
         self.hyper_subset = min(hyper_subset, max_exact)
         self.maxiter = maxiter
@@ -122,6 +161,14 @@ class Surrogate:
         self.train_X: dict[str, np.ndarray] = {}
         self.train_y: dict[str, np.ndarray] = {}
         self._moments: list[PosteriorMoments] = []
+
+    def describe(self) -> str:
+        """One line saying what this surrogate is, for benchmark and run logs."""
+        return (f"Surrogate: one BoTorch GP per outcome (SingleTaskGP; MultiTaskGP across fidelities), "
+                f"kernel {self.kernel} (RBF-ARD with BoTorch's dimension-scaled lengthscale prior"
+                f"{' + a centred linear kernel' if self.kernel == 'rbf+linear' else ''}), inputs min-max scaled by "
+                f"the training data, outcomes standardized; exact up to {self.max_exact} points, "
+                f"hyperparameters on at most {self.hyper_subset}")
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, data: Mapping[str, OutcomeData]) -> dict[str, FitReport]:
@@ -178,7 +225,8 @@ class Surrogate:
                                    all_tasks=[0, 1],
                                    input_transform=Normalize(dim + 1, indices=list(range(dim)), bounds=bounds),
                                    outcome_transform=Standardize(m=1))
-            return SingleTaskGP(tx, ty, input_transform=Normalize(dim, bounds=bounds),
+            return SingleTaskGP(tx, ty, covar_module=_covar_module(self.kernel, dim),
+                                input_transform=Normalize(dim, bounds=bounds),
                                 outcome_transform=Standardize(m=1))
 
         hyper = build(hyper_rows)
@@ -294,9 +342,9 @@ class PosteriorMoments:
 
     gpytorch's posterior builds the full test x test covariance even when only its diagonal is
     read (~40 s for 10^5 points); here the cross-covariance is formed in chunks and solved against
-    a cached Cholesky factor, which is exact and takes about a second. Supports SingleTaskGP and
-    MultiTaskGP (target task) with an RBF kernel, the models `Surrogate` builds; anything else
-    falls back to `model.posterior`."""
+    a cached Cholesky factor, which is exact and takes about a second. Supports SingleTaskGP with
+    any kernel (an RBF kernel, the default, on a fast path) and MultiTaskGP (target task) with an
+    RBF kernel, the models `Surrogate` builds; anything else falls back to `model.posterior`."""
 
     def __init__(self, model):
         from botorch.models import MultiTaskGP
@@ -306,22 +354,30 @@ class PosteriorMoments:
         self.multi = isinstance(model, MultiTaskGP)
         covar = model.covar_module
         self.fallback = False
+        self.kernel = None  # a kernel evaluated generically (no RBF fast path)
         outputscale = torch.ones((), dtype=DTYPE)
         if self.multi:
             rbf, index = covar.kernels[0], covar.kernels[1]
         else:
             rbf, index = covar, None
-        if isinstance(rbf, ScaleKernel):
+        if isinstance(rbf, ScaleKernel) and isinstance(rbf.base_kernel, RBFKernel):
             outputscale, rbf = rbf.outputscale.detach(), rbf.base_kernel
         if not isinstance(rbf, RBFKernel):
-            self.fallback = True
-            return
-        with torch.no_grad():
+            if self.multi:
+                self.fallback = True
+                return
+            self.kernel = covar
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             Xt = model.train_inputs[0]
             x = Xt[:, :-1] if self.multi else Xt
-            self.ls = rbf.lengthscale.detach().reshape(-1)
-            self.Z = x / self.ls
-            K = outputscale * _rbf(self.Z, self.Z)
+            self.x = x
+            if self.kernel is None:
+                self.ls = rbf.lengthscale.detach().reshape(-1)
+                self.Z = x / self.ls
+                K = outputscale * _rbf(self.Z, self.Z)
+            else:
+                K = self.kernel(x, x).to_dense().detach()
             noise = model.likelihood.noise.detach().reshape(-1)
             if self.multi:
                 task = Xt[:, -1].long()
@@ -356,9 +412,15 @@ class PosteriorMoments:
 
     SCREEN_POINTS = 128
 
-    def _cross(self, X: torch.Tensor) -> torch.Tensor:
-        Ks = _rbf(self._transform(X) / self.ls, self.Z)
-        return Ks * (self.cross_task if self.cross_task is not None else self.prior_var)
+    def _cross_and_prior(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k(X, train) and the prior variance k(x, x) at each row of X (model scale)."""
+        Xt = self._transform(X)
+        if self.kernel is not None:
+            Ks = self.kernel(Xt, self.x).to_dense().detach()
+            return Ks, self.kernel(Xt, Xt, diag=True).detach().reshape(-1)
+        Ks = _rbf(Xt / self.ls, self.Z)
+        Ks = Ks * (self.cross_task if self.cross_task is not None else self.prior_var)
+        return Ks, self.prior_var.expand(len(X))
 
     def screen(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(exact mean, an upper bound on the variance) at the rows of X, original scale.
@@ -369,11 +431,12 @@ class PosteriorMoments:
         which is what makes a screen with it safe (see Acquirer)."""
         if self.fallback:
             return self(X)
-        with torch.no_grad():
-            Ks = self._cross(X)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Ks, prior = self._cross_and_prior(X)
             mean = self.mu + Ks @ self.alpha
             KS = Ks[:, self.S]
-            var = self.prior_var - ((KS @ self.AS_inv) * KS).sum(-1)
+            var = prior - ((KS @ self.AS_inv) * KS).sum(-1)
             return mean * self.y_std + self.y_mean, var.clamp_min(1e-12) * self.y_std**2
 
     def _transform(self, X: torch.Tensor) -> torch.Tensor:
@@ -392,10 +455,10 @@ class PosteriorMoments:
             if self.fallback:
                 post = self.model.posterior(X.unsqueeze(-2), observation_noise=observation_noise)
                 return post.mean.reshape(-1), post.variance.reshape(-1)
-            Ks = self._cross(X)
+            Ks, prior = self._cross_and_prior(X)
             mean = self.mu + Ks @ self.alpha
             v = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
-            var = self.prior_var - (v * v).sum(0)
+            var = prior - (v * v).sum(0)
             if observation_noise:
                 var = var + self.noise
             return mean * self.y_std + self.y_mean, var.clamp_min(1e-12) * self.y_std**2
