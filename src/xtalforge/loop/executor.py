@@ -1,10 +1,29 @@
-"""Ray: start or join a cluster, and run generator proposals as tasks."""
+"""Ray: start or join a cluster, and run generator proposals as tasks.
+
+Without an address the campaign starts its own Ray on this machine (`address="local"`), so a
+Ray head that happens to run here (another user's, another campaign's) is never joined by
+accident. With an address it joins that cluster as Ray documents it:
+
+- `HOST:PORT` (or `auto`): the head node's GCS address (`ray start --head --port PORT`); this
+  process becomes a driver on the cluster;
+- `ray://HOST:PORT`: through the Ray Client server on the head (port 10001 by default), from a
+  machine that is not part of the cluster.
+
+A cluster with token authentication (Ray's default for clusters started by Ray 2.5x+) is joined
+with the token Ray finds the usual way: `RAY_AUTH_TOKEN`, the file `RAY_AUTH_TOKEN_PATH` names,
+or `~/.ray/auth_token` (`ray get-auth-token`). A cluster that cannot be joined fails in one line
+(`RayConnectError`), after a quick reachability check instead of Ray's long retries. Workers on
+other nodes need the package: `ray.runtime_env` (e.g. `{pip: [xtalforge]}` or
+`{working_dir: ., py_modules: [...]}`) is passed to `ray.init`.
+"""
 
 from __future__ import annotations
 
-import logging
 import copy
+import logging
 import os
+import socket
+from urllib.parse import urlparse
 
 import numpy as np
 import ray
@@ -15,20 +34,104 @@ from xtalforge.types import Candidate, RoundContext
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 10.0  # a head that does not accept a TCP connection in this long is down
 
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+
+class RayConnectError(RuntimeError):
+    """Ray could not be started or joined; the message is one line for the user."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a `HOST:PORT` or `ray://HOST:PORT` address; None for `auto`."""
+    if address == "auto":
+        return None
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if not parsed.hostname or port is None:
+        raise RayConnectError(f"ray address {address!r}: use HOST:PORT (the head's GCS port, "
+                              "default 6379) or ray://HOST:PORT (Ray Client, default 10001)")
+    return parsed.hostname, port
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise RayConnectError when nothing accepts a TCP connection at `address`."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        with socket.create_connection(hp, timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise RayConnectError(f"cannot join the Ray cluster at {address}: nothing answers at "
+                              f"{hp[0]}:{hp[1]} ({err.strerror or err}); is the head running "
+                              "(`ray start --head`), and is the port open?") from None
+
+
+def _use_token_if_available() -> None:
+    """Turn on Ray's token authentication for this process when a token is available and the
+    mode is not set: Ray does this itself for `address="auto"` only, so an explicit address to
+    a cluster with tokens would otherwise fail authentication."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None,
+              runtime_env: dict | None = None) -> bool:
     """Join `address` or start a local instance. Returns True when this call started Ray
-    (and so should shut it down)."""
+    (and so should shut it down). Raises RayConnectError, one line, when it cannot."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kw = dict(include_dashboard=False, ignore_reinit_error=True, logging_level=logging.WARNING,
-              log_to_driver=False, configure_logging=True)
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), **kw)
+    kw: dict = dict(include_dashboard=False, ignore_reinit_error=True, logging_level=logging.WARNING,
+                    log_to_driver=False, configure_logging=True)
+    if runtime_env:
+        kw["runtime_env"] = runtime_env
+    try:
+        if not address:
+            # "local": a new instance even when a Ray head runs on this machine
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kw)
+            return True
+        check_reachable(address)
+        _use_token_if_available()
+        if address.startswith("ray://"):
+            # the Ray Client takes the runtime_env; other options belong to the cluster
+            ray.init(address=address, **({"runtime_env": runtime_env} if runtime_env else {}))
+        else:
+            ray.init(address=address, **kw)
+    except RayConnectError:
+        raise
+    except Exception as err:  # ConnectionError, AuthenticationError, TimeoutError, ...
+        where = f"join the Ray cluster at {address}" if address else "start Ray on this machine"
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        hint = ""
+        if "token" in reason.lower() or "auth" in reason.lower():
+            hint = ("; the cluster uses token authentication: set RAY_AUTH_TOKEN (or put the token in "
+                    "~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+        raise RayConnectError(f"cannot {where}: {type(err).__name__}: {reason}{hint}") from None
     return True
+
+
+def cluster_cpus() -> int:
+    """CPUs the Ray cluster this process is connected to offers (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def resolve_workers(workers: int | str) -> int:
+    """MLIP actors to start: `workers` as given, or for "auto" one per CPU of the cluster
+    (each actor reserves one CPU), so a bigger cluster gets more actors."""
+    if workers == "auto":
+        return cluster_cpus()
+    return int(workers)
 
 
 # Generation runs while the MLIP actors sit idle between relaxations, so its tasks borrow
