@@ -137,13 +137,15 @@ def cmd_resume(a: argparse.Namespace) -> int:
     from xtalforge.loop.store import CampaignStore
 
     run = _resolve_run(a.run)
-    problem = _campaign_folder_problem(run)
-    if problem:
-        return _fail([problem[0]], problem[1])
-    holder = lock_holder(run)  # before anything opens the store or starts Ray
+    # the lock first, before anything reads the store or starts Ray: a second resume of a
+    # running campaign is refused at once
+    holder = lock_holder(run) if (run / "config.yaml").is_file() else None
     if holder:
         return _fail([f"campaign {run} is already running (pid {holder}); wait for it or stop it first"],
                      EXIT_FAILED)
+    problem = _campaign_folder_problem(run)
+    if problem:
+        return _fail([problem[0]], problem[1])
     try:
         cfg = _run_config(run)
     except ConfigError as err:
