@@ -438,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lab_parser(sub)
     _add_synth_parser(sub)
     _add_pretrain_parser(sub)
+    from xtalforge.cli.hull import add_parser as add_hull_parser
+    add_hull_parser(sub)
     __import__("xtalforge.cli.sample", fromlist=["add_parser"]).add_parser(sub)
     return p
 
