@@ -100,6 +100,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         if not address:
             # "local": a new instance even when a Ray head runs on this machine
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kw)
+            _watch_local_ray()
             return True
         check_reachable(address)
         _use_token_if_available()
@@ -119,6 +120,16 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
                     "~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
         raise RayConnectError(f"cannot {where}: {type(err).__name__}: {reason}{hint}") from None
     return True
+
+
+def _watch_local_ray() -> None:
+    """Ray's per-node agents outlive a driver killed with SIGKILL: a watcher stops them then."""
+    from xtalforge.loop.ray_reaper import start_reaper
+
+    try:
+        start_reaper()
+    except OSError as err:  # no watcher costs leftover processes after a kill -9, not the campaign
+        log.warning("could not start the watcher for Ray's processes: %s", err)
 
 
 def cluster_cpus() -> int:
