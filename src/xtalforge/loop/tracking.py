@@ -1,12 +1,15 @@
 """MLflow: the window onto a campaign (the store, not MLflow, is its memory).
 
-One MLflow run per campaign; a resumed campaign continues the same run. Metrics use
-step=round, and a round's metrics are only logged once its results are in the store, so a
-resumed round never logs a step twice.
+One MLflow run per campaign; a resumed campaign continues the same run. A round's metrics are
+logged once its results are in the store, at step = round number as the CLI and the report
+count rounds (1, 2, ...), so a resumed round never logs a step twice.
 
-`ROUND_METRICS` is the contract with dashboards: every name a round may log, with its unit and
-when it appears. Names never change meaning between versions; docs/metrics.md is rendered from
-it (`metrics_markdown`) and a test keeps the two in step.
+`ROUND_METRICS` is the catalogue and the contract with dashboards: every name a round may log,
+its unit, when it appears, and the MLflow key it is logged under. The keys carry a section
+prefix (`discovery/`, `generators/`, ...): MLflow groups a run's charts by it, sections in
+alphabetical order, so the headline section is named to come first. The loop and its emitters
+use the short internal names; this module alone maps them to keys (`mlflow_key`).
+docs/metrics.md is rendered from it (`metrics_markdown`) and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -74,97 +77,167 @@ UPDATED = "rounds that update the generators (update_generators)"
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One per-round metric. `name` may hold `{gen}` (a generator), `{oracle}` (an oracle),
-    `{arm}` (an acquisition function), `{objective}` (an objective) or `{key}` (generator-defined)."""
+    """One per-round metric. `name` (what the loop emits) may hold `{gen}` (a generator),
+    `{oracle}` (an oracle), `{arm}` (an acquisition function), `{objective}` (an objective) or
+    `{key}` (generator-defined); `key` is the MLflow key, with the same placeholders."""
 
     name: str
     unit: str
     when: str
     meaning: str
+    key: str = ""
+
+
+# The sections of a run's charts, in the order MLflow shows them (alphabetical), with what
+# each holds. The headline charts are the `discovery/` ones, shown first.
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("discovery", "the headline: hits, hit rate, oracle calls, hypervolume; the plots as images"),
+    ("generators", "what each generator proposed, how much got through, its budget share"),
+    ("lab", "requests to and results from a lab oracle"),
+    ("oracle", "oracle results and failures, lowest e_above_hull, worker use"),
+    ("selection", "the acquisition: pool, arms' picks and weights, the pool screen"),
+    ("surrogate", "the GP: fit, calibration of its predictions"),
+    ("time", "seconds per stage of the round"),
+)
+OTHER_SECTION = "other"  # a name the catalogue does not know: still logged, under other/
 
 
 ROUND_METRICS: tuple[MetricSpec, ...] = (
     # generation and filtering, per generator and summed
-    MetricSpec("proposals_{gen}", "count", EVERY, "structures the generator proposed this round"),
-    MetricSpec("valid_{gen}", "count", EVERY, "of those, passing the validity filter (charge, distances, atoms)"),
-    MetricSpec("unique_{gen}", "count", EVERY, "of those, not a StructureMatcher duplicate of any candidate so far"),
+    MetricSpec("proposals_{gen}", "count", EVERY, "structures the generator proposed this round",
+               key="generators/proposals_{gen}"),
+    MetricSpec("valid_{gen}", "count", EVERY, "of those, passing the validity filter (charge, distances, atoms)",
+               key="generators/valid_{gen}"),
+    MetricSpec("unique_{gen}", "count", EVERY, "of those, not a StructureMatcher duplicate of any candidate so far",
+               key="generators/unique_{gen}"),
     MetricSpec("novel_{gen}", "count", EVERY,
-               "of those, matching no reference structure (equals unique_{gen} without references)"),
-    MetricSpec("time_generate_{gen}_s", "s", EVERY, "wall time of this generator's proposals and filters"),
+               "of those, matching no reference structure (equals unique_{gen} without references)",
+               key="generators/novel_{gen}"),
+    MetricSpec("time_generate_{gen}_s", "s", EVERY, "wall time of this generator's proposals and filters",
+               key="time/generate_{gen}_s"),
     MetricSpec("budget_share_{gen}", "fraction", EVERY,
-               "share of this round's proposals the generator got (Thompson-sampled from its hit rate)"),
+               "share of this round's proposals the generator got (Thompson-sampled from its hit rate)",
+               key="generators/budget_share_{gen}"),
     MetricSpec("budget_posterior_{gen}", "fraction", UPDATED,
                "posterior mean of (hit rate of its picks) x (share of its proposals that were new): "
-               "expected hits per proposal, the yield the budget split follows"),
-    MetricSpec("proposals", "count", EVERY, "sum of proposals_{gen}"),
-    MetricSpec("valid", "count", EVERY, "sum of valid_{gen}"),
-    MetricSpec("unique", "count", EVERY, "sum of unique_{gen}: new candidates stored this round"),
-    MetricSpec("novel", "count", EVERY, "sum of novel_{gen}"),
+               "expected hits per proposal, the yield the budget split follows",
+               key="generators/budget_posterior_{gen}"),
+    MetricSpec("proposals", "count", EVERY, "sum of proposals_{gen}",
+               key="generators/proposals"),
+    MetricSpec("valid", "count", EVERY, "sum of valid_{gen}",
+               key="generators/valid"),
+    MetricSpec("unique", "count", EVERY, "sum of unique_{gen}: new candidates stored this round",
+               key="generators/unique"),
+    MetricSpec("novel", "count", EVERY, "sum of novel_{gen}",
+               key="generators/novel"),
     # acquisition
-    MetricSpec("pool_size", "count", EVERY, "candidates not yet picked, the acquisition's choice set"),
-    MetricSpec("acquisition_method_is_model", "0/1", EVERY, "1 when the surrogate picked, 0 for a model-free pick"),
+    MetricSpec("pool_size", "count", EVERY, "candidates not yet picked, the acquisition's choice set",
+               key="selection/pool_size"),
+    MetricSpec("acquisition_method_is_model", "0/1", EVERY, "1 when the surrogate picked, 0 for a model-free pick",
+               key="selection/model_picked"),
     # evaluation and results
     MetricSpec("evaluations_{oracle}", "count", EVERY,
                "results the oracle returned this round (MLIP: for this round's picks; a lab: "
-               "what arrived since the previous round)"),
-    MetricSpec("failed_{oracle}", "count", EVERY, "of those, failed (exploded relaxation, timeout, dead worker)"),
-    MetricSpec("evaluations_total_{oracle}", "count", EVERY, "the oracle's results so far (ok and failed)"),
-    MetricSpec("failed_total_{oracle}", "count", EVERY, "of those, failed"),
-    MetricSpec("evaluations_total", "count", EVERY, "MLIP oracle calls so far (ok and failed)"),
-    MetricSpec("ok_total", "count", EVERY, "successful MLIP evaluations so far"),
+               "what arrived since the previous round)",
+               key="oracle/results_{oracle}"),
+    MetricSpec("failed_{oracle}", "count", EVERY, "of those, failed (exploded relaxation, timeout, dead worker)",
+               key="oracle/failed_{oracle}"),
+    MetricSpec("evaluations_total_{oracle}", "count", EVERY, "the oracle's results so far (ok and failed)",
+               key="oracle/results_total_{oracle}"),
+    MetricSpec("failed_total_{oracle}", "count", EVERY, "of those, failed",
+               key="oracle/failed_total_{oracle}"),
+    MetricSpec("evaluations_total", "count", EVERY, "MLIP oracle calls so far (ok and failed)",
+               key="discovery/oracle_calls"),
+    MetricSpec("ok_total", "count", EVERY, "successful MLIP evaluations so far",
+               key="oracle/ok_total"),
     MetricSpec("sun_count", "count", EVERY,
-               "hits so far: stable (e_above_hull <= hull.stable_threshold), unique and novel"),
-    MetricSpec("sun_rate", "fraction", EVERY, "sun_count / evaluations_total"),
-    MetricSpec("best_e_above_hull", "eV/atom", EVERY, "lowest e_above_hull of any evaluated candidate, current hull"),
+               "hits so far: stable (e_above_hull <= hull.stable_threshold), unique and novel",
+               key="discovery/hits"),
+    MetricSpec("sun_rate", "fraction", EVERY, "sun_count / evaluations_total",
+               key="discovery/hits_per_call"),
+    MetricSpec("best_e_above_hull", "eV/atom", EVERY, "lowest e_above_hull of any evaluated candidate, current hull",
+               key="oracle/best_e_above_hull"),
     MetricSpec("hypervolume", "product of the objectives' units", MULTI,
                "volume the Pareto front of the evaluated candidates dominates: over acquisition.objectives "
                "when there are several, else over (e_above_hull, p_synth); reference point e_above_hull "
-               "0.5 eV/atom, p_synth 0, any other objective its worst value so far"),
-    MetricSpec("lab_results_new", "count", LAB, "lab results taken in at the start of the round"),
-    MetricSpec("lab_results_total", "count", LAB, "lab results so far"),
-    MetricSpec("lab_requests_new", "count", LAB, "lab requests sent this round"),
-    MetricSpec("lab_requests_open", "count", LAB, "lab requests not yet answered"),
-    MetricSpec("lab_results_waited", "count", LAB, "results a round held for (lab.wait) got"),
-    MetricSpec("time_lab_wait_s", "s", LAB, "time a round held for lab results (lab.wait)"),
+               "0.5 eV/atom, p_synth 0, any other objective its worst value so far",
+               key="discovery/hypervolume"),
+    MetricSpec("lab_results_new", "count", LAB, "lab results taken in at the start of the round",
+               key="lab/results_new"),
+    MetricSpec("lab_results_total", "count", LAB, "lab results so far",
+               key="lab/results_total"),
+    MetricSpec("lab_requests_new", "count", LAB, "lab requests sent this round",
+               key="lab/requests_new"),
+    MetricSpec("lab_requests_open", "count", LAB, "lab requests not yet answered",
+               key="lab/requests_open"),
+    MetricSpec("lab_results_waited", "count", LAB, "results a round held for (lab.wait) got",
+               key="lab/results_waited"),
+    MetricSpec("time_lab_wait_s", "s", LAB, "time a round held for lab results (lab.wait)",
+               key="time/lab_wait_s"),
     # surrogate
-    MetricSpec("surrogate_nll", "nats", MODEL, "GP negative log marginal likelihood per training point"),
-    MetricSpec("surrogate_n_train", "count", MODEL, "GP training points"),
-    MetricSpec("time_surrogate_fit_s", "s", MODEL, "GP fit time"),
-    MetricSpec("surrogate_nll_{objective}", "nats", MODEL, "surrogate_nll of the model of one objective"),
-    MetricSpec("surrogate_exact", "0/1", MODEL, "1 for an exact GP, 0 for one on a subset of the data"),
-    MetricSpec("surrogate_multi_fidelity", "0/1", MODEL, "1 when MLIP and lab values are modelled jointly"),
-    MetricSpec("acq_screen_rescored", "count", MODEL, "pool candidates the batch step rescored exactly"),
-    MetricSpec("acq_screen_certified", "0/1", MODEL, "1 when the pool screen provably kept the best picks"),
-    MetricSpec("acq_picks_{arm}", "count", MODEL, "picks this acquisition function made this round"),
-    MetricSpec("acq_weight_{arm}", "probability", MODEL, "GP-Hedge weight of the acquisition function"),
-    MetricSpec("acq_reward_{arm}", "standardized", MODEL, "GP-Hedge reward of its previous nominees"),
+    MetricSpec("surrogate_nll", "nats", MODEL, "GP negative log marginal likelihood per training point",
+               key="surrogate/nll"),
+    MetricSpec("surrogate_n_train", "count", MODEL, "GP training points",
+               key="surrogate/n_train"),
+    MetricSpec("time_surrogate_fit_s", "s", MODEL, "GP fit time",
+               key="time/surrogate_fit_s"),
+    MetricSpec("surrogate_nll_{objective}", "nats", MODEL, "surrogate_nll of the model of one objective",
+               key="surrogate/nll_{objective}"),
+    MetricSpec("surrogate_exact", "0/1", MODEL, "1 for an exact GP, 0 for one on a subset of the data",
+               key="surrogate/exact"),
+    MetricSpec("surrogate_multi_fidelity", "0/1", MODEL, "1 when MLIP and lab values are modelled jointly",
+               key="surrogate/multi_fidelity"),
+    MetricSpec("acq_screen_rescored", "count", MODEL, "pool candidates the batch step rescored exactly",
+               key="selection/screen_rescored"),
+    MetricSpec("acq_screen_certified", "0/1", MODEL, "1 when the pool screen provably kept the best picks",
+               key="selection/screen_certified"),
+    MetricSpec("acq_picks_{arm}", "count", MODEL, "picks this acquisition function made this round",
+               key="selection/picks_{arm}"),
+    MetricSpec("acq_weight_{arm}", "probability", MODEL, "GP-Hedge weight of the acquisition function",
+               key="selection/weight_{arm}"),
+    MetricSpec("acq_reward_{arm}", "standardized", MODEL, "GP-Hedge reward of its previous nominees",
+               key="selection/reward_{arm}"),
     MetricSpec("surrogate_mae_last_round", "eV/atom", PARITY,
-               "|predicted - measured| e_above_hull over this round's evaluated picks"),
-    MetricSpec("surrogate_within_1sigma", "fraction", PARITY, "of those, measured within 1 predicted sigma"),
-    MetricSpec("surrogate_within_2sigma", "fraction", PARITY, "of those, measured within 2 predicted sigma"),
+               "|predicted - measured| e_above_hull over this round's evaluated picks",
+               key="surrogate/mae_round"),
+    MetricSpec("surrogate_within_1sigma", "fraction", PARITY, "of those, measured within 1 predicted sigma",
+               key="surrogate/within_1sigma_round"),
+    MetricSpec("surrogate_within_2sigma", "fraction", PARITY, "of those, measured within 2 predicted sigma",
+               key="surrogate/within_2sigma_round"),
     # generators' own learning
-    MetricSpec("gen_{gen}_{key}", "varies", GENERATOR, "what Generator.update returns (weights, success rates)"),
+    MetricSpec("gen_{gen}_{key}", "varies", GENERATOR, "what Generator.update returns (weights, success rates)",
+               key="generators/learned_{gen}_{key}"),
     # time per stage and use of the oracle
     MetricSpec("time_generate_s", "s", EVERY,
                "propose, filter and deduplicate, all generators (when generated_ahead is 1, this ran "
-               "ahead of the round and is not part of its time_round_s)"),
+               "ahead of the round and is not part of its time_round_s)",
+               key="time/generate_s"),
     MetricSpec("generated_ahead", "flag", EVERY,
                "1 when this round's candidates were generated ahead of it (config `overlap`): while "
                "the previous round's oracle ran, learning from all rounds but that one, or, for the "
-               "first round, while the campaign started"),
-    MetricSpec("time_featurize_s", "s", EVERY, "embeddings of new candidates"),
-    MetricSpec("time_acquire_s", "s", EVERY, "surrogate fit and acquisition"),
-    MetricSpec("time_oracle_s", "s", EVERY, "wall time until every pick of the round came back"),
+               "first round, while the campaign started",
+               key="time/generated_ahead"),
+    MetricSpec("time_featurize_s", "s", EVERY, "embeddings of new candidates",
+               key="time/featurize_s"),
+    MetricSpec("time_acquire_s", "s", EVERY, "surrogate fit and acquisition",
+               key="time/acquire_s"),
+    MetricSpec("time_oracle_s", "s", EVERY, "wall time until every pick of the round came back",
+               key="time/oracle_s"),
     MetricSpec("time_oracle_startup_s", "s", EVERY,
                "time the round waited for MLIP workers still loading their model (the first round, "
-               "or after a worker was replaced) before it could embed candidates"),
-    MetricSpec("time_update_s", "s", EVERY, "generator updates"),
+               "or after a worker was replaced) before it could embed candidates",
+               key="time/oracle_startup_s"),
+    MetricSpec("time_update_s", "s", EVERY, "generator updates",
+               key="time/update_s"),
     MetricSpec("time_record_s", "s", EVERY,
                "tables, CIFs, plots and artifact upload; with `overlap`, only gathering their data, "
-               "the files are written while the next round's oracle runs"),
-    MetricSpec("time_round_s", "s", EVERY, "the whole round, as run in this process"),
+               "the files are written while the next round's oracle runs",
+               key="time/record_s"),
+    MetricSpec("time_round_s", "s", EVERY, "the whole round, as run in this process",
+               key="time/round_s"),
     MetricSpec("oracle_utilization", "fraction", EVERY,
-               "MLIP workers' busy time / (time_oracle_s x workers)"),
+               "MLIP workers' busy time / (time_oracle_s x workers)",
+               key="oracle/utilization"),
 )
 
 
@@ -186,19 +259,80 @@ def round_metric_names(generators: list[str], oracles: list[str], when: tuple[st
     return out
 
 
+def _pattern(template: str) -> re.Pattern:
+    """A regex matching the concrete names of a template (a placeholder: any non-empty text)."""
+    return re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>.+?)", re.escape(template)) + "$")
+
+
+def _by_specificity() -> list[tuple[re.Pattern, MetricSpec]]:
+    """Specs in the order a name is matched against them: exact names first, then the templates
+    with the most fixed text (`evaluations_total_{oracle}` before `evaluations_{oracle}`)."""
+    specs = sorted(ROUND_METRICS, key=lambda sp: ("{" in sp.name, -len(re.sub(r"\{\w+\}", "", sp.name))))
+    return [(_pattern(sp.name), sp) for sp in specs]
+
+
+_MATCHERS = _by_specificity()
+
+
+def spec_of(name: str) -> MetricSpec | None:
+    """The catalogue entry a concrete metric name belongs to, or None."""
+    for pat, sp in _MATCHERS:
+        if pat.match(name):
+            return sp
+    return None
+
+
 def undocumented(names: list[str]) -> list[str]:
     """The names that match no ROUND_METRICS entry (a placeholder matches any non-empty text)."""
-    import re
+    return sorted(n for n in names if spec_of(n) is None)
 
-    pats = [re.compile("^" + re.sub(r"\\\{\w+\\\}", ".+", re.escape(s.name)) + "$") for s in ROUND_METRICS]
-    return sorted(n for n in names if not any(p.match(n) for p in pats))
+
+def mlflow_key(name: str) -> str:
+    """The MLflow key of a metric the loop emits ("sun_count" -> "discovery/hits"); a name the
+    catalogue does not know goes under `other/`. Not yet made MLflow-safe (see `mlflow_keys`)."""
+    sp = spec_of(name)
+    if sp is None:
+        return f"{OTHER_SECTION}/{name}"
+    if "{" not in sp.name:
+        return sp.key
+    return sp.key.format(**_pattern(sp.name).match(name).groupdict())
+
+
+def mlflow_keys(names: list[str]) -> dict[str, str]:
+    """name -> MLflow-safe key, sectioned (`mlflow_key`), no two names sharing a key."""
+    sectioned = {n: mlflow_key(n) for n in names}
+    safe = metric_keys(sorted(set(sectioned.values())))
+    return {n: safe[k] for n, k in sectioned.items()}
+
+
+def mlflow_step(round_index: int) -> int:
+    """The MLflow step of a round: the loop counts rounds from 0, people (the CLI, the report,
+    MLflow) from 1."""
+    return int(round_index) + 1
+
+
+# Each round's plots are also logged at this step: MLflow's image chart opens on step 0 and,
+# of several images at one step, shows the last logged, so it opens on the latest round.
+IMAGE_LATEST_STEP = 0
 
 
 def metrics_markdown() -> str:
-    """The table in docs/metrics.md, rendered from ROUND_METRICS."""
-    lines = ["| metric | unit | logged | meaning |", "|---|---|---|---|"]
-    for s in ROUND_METRICS:
-        lines.append(f"| `{s.name}` | {s.unit} | {s.when} | {s.meaning.replace('|', '/')} |")
+    """The tables in docs/metrics.md, one per section, rendered from ROUND_METRICS."""
+    out: list[str] = []
+    for section, about in SECTIONS:
+        specs = sorted((sp for sp in ROUND_METRICS if sp.key.split("/")[0] == section), key=lambda sp: sp.key)
+        out += [f"### `{section}/`: {about}", "", "| MLflow key | emitted as | unit | logged | meaning |",
+                "|---|---|---|---|---|"]
+        out += [f"| `{sp.key}` | `{sp.name}` | {sp.unit} | {sp.when} | {sp.meaning.replace('|', '/')} |"
+                for sp in specs]
+        out.append("")
+    return "\n".join(out)
+
+
+def renamed_markdown() -> str:
+    """The changelog table of docs/metrics.md: each metric's MLflow key before sections, and now."""
+    lines = ["| before | now |", "|---|---|"]
+    lines += [f"| `{sp.name}` | `{sp.key}` |" for sp in ROUND_METRICS]
     return "\n".join(lines) + "\n"
 
 
@@ -220,6 +354,30 @@ def git_commit() -> str:
                               cwd=Path(__file__).parent).stdout.strip() or "unknown"
     except Exception:
         return "unknown"
+
+
+def _compact(v: Any) -> str:
+    """A config value as one short line: dicts as `k=v, ...`, lists of dicts by their `name`
+    with options in parentheses, empty and None values left out."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_compact(x)}" for k, x in v.items() if x not in (None, "", [], {}))
+    if isinstance(v, list):
+        if v and all(isinstance(x, dict) for x in v):
+            return "; ".join(
+                (f"{x['name']}({_compact({k: y for k, y in x.items() if k != 'name'})})" if "name" in x
+                 else f"({_compact(x)})").replace("()", "") for x in v)
+        return "[" + ", ".join(_compact(x) for x in v) + "]"
+    return str(v)
+
+
+MAX_PARAM = 6000  # MLflow's limit on a param value (characters)
+
+
+def grouped_params(params: dict[str, Any]) -> dict[str, str]:
+    """The config as a few MLflow params: one per top-level key, a section's options on one line
+    (`acquisition` -> "kind=qlognei, batch_size=6, ..."). The full config is the run's
+    config.yaml artifact; a few dozen one-value params would bury the run page."""
+    return {k: _compact(v)[:MAX_PARAM] for k, v in params.items()}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -256,6 +414,7 @@ class Tracker:
         self.max_unsent = max_unsent
         self.client = None
         self.experiment_id: str | None = None
+        self.description: str | None = None  # the experiment's, set when it is created
         self.run_id: str | None = None
         self.failures = 0  # calls that failed or were skipped
         self._warned = False
@@ -282,11 +441,21 @@ class Tracker:
             if self.artifact_root is not None and self.uri.startswith("sqlite"):
                 self.artifact_root.mkdir(parents=True, exist_ok=True)
                 loc = self.artifact_root.resolve().as_uri()
-            self.experiment_id = client.create_experiment(self.experiment, artifact_location=loc)
+            self.experiment_id = client.create_experiment(self.experiment, artifact_location=loc,
+                                                          tags=self._experiment_tags())
         else:
             self.experiment_id = exp.experiment_id
+            if not (exp.tags or {}).get("mlflow.note.content"):  # an owner's own text stays
+                for k, v in self._experiment_tags().items():
+                    client.set_experiment_tag(self.experiment_id, k, v)
         self.client = client
         return True
+
+    def _experiment_tags(self) -> dict[str, str]:
+        """The experiment's description (shown above its runs) and the view it is made for."""
+        return {"mlflow.note.content": EXPERIMENT_DESCRIPTION,
+                # what the UI calls a "model training" experiment; `xtalforge ui` opens that view
+                "mlflow.experimentKind": "custom_model_development"}
 
     def _call(self, what: str, fn: Callable[[], _T], default: _T) -> _T:
         """fn(), or `default` when it raises or the store is cooling down after a failure."""
@@ -338,32 +507,35 @@ class Tracker:
             tags.setdefault("mlflow.source.git.commit", tags["git_commit"])
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
-        flat = flatten(params)
+        flat = grouped_params(params)
         keys = metric_keys(list(flat))
         items = [Param(keys[k], v) for k, v in flat.items()]
         for i in range(0, len(items), 90):
             self.client.log_batch(self.run_id, params=items[i : i + 90])
         return self.run_id
 
-    def logged_steps(self, key: str) -> set[int]:
-        """Steps already logged for metric `key` (empty when MLflow cannot say)."""
+    def logged_steps(self, name: str) -> set[int]:
+        """The rounds (0-based, as the loop counts them) already logged for metric `name` (an
+        emitted name, e.g. "best_e_above_hull"); empty when MLflow cannot say."""
         if not self.ok:
             return set()
+        key = mlflow_keys([name])[name]
         return self._call("read a metric history",
-                          lambda: {m.step for m in self.client.get_metric_history(self.run_id, metric_key(key))},
+                          lambda: {m.step - mlflow_step(0) for m in self.client.get_metric_history(self.run_id, key)},
                           set())
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> bool:
-        """Log the finite numbers of `metrics` at `step` (the round); others are skipped. Names
-        are made MLflow-safe (`metric_key`). Metrics MLflow did not take are kept and sent with
-        the next call. True when everything so far has been sent."""
+        """Log the finite numbers of `metrics` for round `step` (0-based, as the loop counts;
+        MLflow gets step `mlflow_step(step)`, the round as people count it); others are
+        skipped. Names become sectioned, MLflow-safe keys (`mlflow_keys`). Metrics MLflow did
+        not take are kept and sent with the next call. True when everything so far has been sent."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         finite = {k: float(v) for k, v in metrics.items()
                   if v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))}
-        keys = metric_keys(list(finite))
-        self._unsent.extend(Metric(keys[k], v, ts, step) for k, v in finite.items())
+        keys = mlflow_keys(list(finite))
+        self._unsent.extend(Metric(keys[k], v, ts, mlflow_step(step)) for k, v in finite.items())
         if len(self._unsent) > self.max_unsent:  # a long outage: keep the newest
             del self._unsent[: len(self._unsent) - self.max_unsent]
         if not self.ok:
@@ -396,14 +568,16 @@ class Tracker:
                        lambda: self.client.log_artifacts(self.run_id, str(folder), subdir), None)
 
     def log_image(self, png: Path, key: str, step: int) -> None:
-        """A PNG as an MLflow image with a step: the UI shows it in the run's charts with a
-        step slider, so a plot can be followed round by round."""
+        """A PNG as an MLflow image chart for round `step` (0-based, as the loop counts): logged
+        at the round's step (`mlflow_step`), so the slider follows the plot round by round, and
+        again at `IMAGE_LATEST_STEP`, where the chart opens, so it opens on the latest round."""
         def send() -> None:
             from PIL import Image
 
             with Image.open(png) as im:
-                self.client.log_image(self.run_id, im.convert("RGB"), key=metric_key(key), step=step,
-                                      synchronous=True)
+                rgb = im.convert("RGB")
+                for s in (mlflow_step(step), IMAGE_LATEST_STEP):  # the latest last: it wins at step 0
+                    self.client.log_image(self.run_id, rgb, key=metric_key(key), step=s, synchronous=True)
 
         if self.ok:
             self._call(f"log image {png}", send, None)
@@ -417,9 +591,26 @@ class Tracker:
         self._call("end the run", lambda: self.client.set_terminated(self.run_id, status=status), None)
 
     def run_url(self) -> str:
+        """The run's page (a link for a tracking server; for a local store, where it is)."""
         if self.uri.startswith("http"):
-            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+            return ui_url(self.uri, self.experiment_id, self.run_id)
         return f"{self.uri} · experiment {self.experiment_id} · run {self.run_id}"
+
+
+EXPERIMENT_DESCRIPTION = (
+    "xtalforge discovery campaigns: one run per campaign. Open a run: its description has the "
+    "headline numbers and the best candidates; **Model metrics** shows `discovery/` first "
+    "(hits, hit rate, oracle calls, the plots, each opening on the latest round), then the "
+    "other sections. Each run's `report/report.html` artifact is the full report. Metric "
+    "names and units: docs/metrics.md in the xtalforge repository.")
+
+
+def ui_url(base: str, experiment_id: str | None, run_id: str | None = None) -> str:
+    """The address of an experiment (or one of its runs) in the MLflow UI at `base`, in the
+    model-training view: MLflow 3 opens experiments in its GenAI view unless the address
+    names the workflow type."""
+    path = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") if experiment_id else "#/"
+    return f"{base.rstrip('/')}/{path}?workflowType=machine_learning"
 
 
 def artifact_root_of(run_dir: Path, uri: str, run_id: str | None) -> str:
