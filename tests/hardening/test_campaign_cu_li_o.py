@@ -27,6 +27,6 @@ def test_cu_li_o_campaign_logs_its_generator_metrics(tmp_path, ray_local):
     run = MlflowClient(tracking_uri=cfg.tracking.uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     names = set(run.data.metrics)
-    gen = [n for n in names if n.startswith("gen_random_symmetric_p_")]
+    gen = [n for n in names if n.startswith("generators/learned_random_symmetric_p_")]
     assert gen, sorted(names)
     assert all("(" not in n and ")" not in n for n in names)

@@ -16,6 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from xtalforge.loop.store import CampaignStore
+from xtalforge.loop.tracking import mlflow_key
 
 ROUNDS, BATCH = 2, 2
 
@@ -119,8 +120,8 @@ def test_kill9_then_resume(point, tmp_path):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     for key in ("best_e_above_hull", "sun_count", "evaluations_mlip"):
-        steps = [m.step for m in client.get_metric_history(run_id, key)]
-        assert sorted(steps) == list(range(ROUNDS)), (key, steps)
+        steps = [m.step for m in client.get_metric_history(run_id, mlflow_key(key))]
+        assert sorted(steps) == list(range(1, ROUNDS + 1)), (key, steps)  # rounds from 1
 
 
 def test_second_resume_is_refused_and_campaigns_do_not_share(tmp_path):

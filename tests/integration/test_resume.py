@@ -6,6 +6,7 @@ from mlflow.tracking import MlflowClient
 from xtalforge.config import parse_config
 from xtalforge.loop.campaign import Campaign
 from xtalforge.loop.store import CampaignStore
+from xtalforge.loop.tracking import mlflow_key
 
 
 def tiny_config(tmp_path, **over):
@@ -69,8 +70,8 @@ def test_stop_after_round_1_then_resume(tmp_path, ray_local, overlap):
     assert run.info.status == "FINISHED"
     assert run.data.tags["chemical_system"] == "Ca-O-Ti"
     for key in ("best_e_above_hull", "sun_count", "evaluations_mlip", "time_oracle_s", "proposals"):
-        steps = [m.step for m in client.get_metric_history(run_id, key)]
-        assert sorted(steps) == [0, 1], (key, steps)
+        steps = [m.step for m in client.get_metric_history(run_id, mlflow_key(key))]
+        assert sorted(steps) == [1, 2], (key, steps)  # rounds as people count them
     arts = {a.path for a in client.list_artifacts(run_id)}
     assert {"rounds", "top_cifs", "candidates.csv"} <= arts
     assert (run_dir / "candidates.csv").read_text().count("\n") == 5

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from xtalforge.config import load_config, parse_config
 from xtalforge.loop.campaign import Campaign
 from xtalforge.loop.store import CampaignStore
+from xtalforge.loop.tracking import mlflow_key
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -57,9 +58,9 @@ def test_tiny_campaign_with_the_wyckoff_generator(tmp_path, ray_local, test_cifs
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     for key in ("gen_wyckoff_mean_reward", "gen_wyckoff_kl", "gen_wyckoff_validity", "gen_wyckoff_uniqueness",
                 "proposals_wyckoff"):
-        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
-        assert steps == [0, 1], (key, steps)
-    rewards = [m.value for m in client.get_metric_history(run_id, "gen_wyckoff_mean_reward")]
+        steps = sorted(m.step for m in client.get_metric_history(run_id, mlflow_key(key)))
+        assert steps == [1, 2], (key, steps)  # rounds from 1
+    rewards = [m.value for m in client.get_metric_history(run_id, mlflow_key("gen_wyckoff_mean_reward"))]
     assert all(0.0 <= r <= 1.0 for r in rewards)
 
     # a resumed campaign rebuilds the fine-tuned generator from the store, not from scratch

@@ -149,18 +149,26 @@ def test_tracker_run_tags_params_resume_and_images(tmp_path):
     assert got.data.tags["chemical_system"] == "Li-O"
     assert got.data.tags["mlflow.source.git.commit"] == "abc"
     assert got.data.tags["mlflow.note.content"] == "**Li-O**: 2 hits"
-    assert got.data.params["chemical_system"] == "['Li', 'O']" and got.data.params["mlip.fmax"] == "0.1"
-    assert got.data.metrics == {"sun_count": 2.0}  # NaN is not logged
+    # one param per config section, its options on one line
+    assert got.data.params["chemical_system"] == "[Li, O]" and "kind=mlip" in got.data.params["mlip"]
+    assert len(got.data.params) < 25
+    assert got.data.metrics == {"discovery/hits": 2.0}  # NaN is not logged; sectioned key
     # the artifacts sit beside the run folders, where `xtalforge ui` serves them from
     assert got.info.artifact_uri.startswith((run.parent / "mlartifacts").resolve().as_uri())
     images = [a.path for a in client.list_artifacts(run_id, "images")]
-    assert any(p.startswith("images/discovery_curve+step+0") and p.endswith(".png") for p in images)
+    # at the round's step (1) and at step 0, where MLflow's image chart opens
+    for step in (0, 1):
+        assert any(p.startswith(f"images/discovery_curve+step+{step}+") and p.endswith(".png") for p in images)
+    exp = client.get_experiment(tr.experiment_id)
+    assert "discovery/" in exp.tags["mlflow.note.content"]
     # a resumed campaign continues the same run
     tr2 = Tracker(tr.uri, "ui-test", artifact_root=run.parent / "mlartifacts")
     assert tr2.start("ui", {}, {}, run_id=run_id) == run_id
     tr2.log_metrics({"sun_count": 3.0}, step=1)
     tr2.finish()
-    assert [m.step for m in client.get_metric_history(run_id, "sun_count")] == [0, 1]
+    # steps are rounds as people count them; the tracker reads them back 0-based for the loop
+    assert [m.step for m in client.get_metric_history(run_id, "discovery/hits")] == [1, 2]
+    assert tr2.logged_steps("sun_count") == {0, 1}
     assert len(client.search_runs([tr.experiment_id])) == 1
 
 
@@ -190,6 +198,6 @@ def test_xtalforge_ui_serves_the_campaign_and_its_artifacts(tmp_path):
         body = http_get(f"{base}/get-artifact?path=rounds/round_000/note.txt&run_uuid={run_id}")
         assert body == b"hello from the campaign\n"
         runs = json.loads(http_get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}"))
-        assert runs["run"]["data"]["metrics"][0]["key"] == "sun_count"
+        assert runs["run"]["data"]["metrics"][0]["key"] == "discovery/hits"
     finally:
         stop_process_group(proc)
