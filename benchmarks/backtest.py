@@ -37,7 +37,8 @@ import warnings
 
 import numpy as np
 
-STRUCTURE_FEATURIZERS = ("chgnet+composition", "magpie+structure", "chgnet+magpie+structure")
+STRUCTURE_FEATURIZERS = ("chgnet+composition", "magpie+structure", "chgnet+magpie+structure",
+                         "chgnet+composition+energy", "chgnet+magpie", "chgnet+fractions+magpie")
 
 
 def _table_features(df, exclude: set[str]) -> tuple[np.ndarray, list[str]]:
@@ -57,6 +58,24 @@ def _features(args, df, cands, log) -> tuple[np.ndarray, str]:
         elements = sorted({el.symbol for s in structures for el in s.composition.elements})
         X = featurize("chgnet+composition", structures, elements, embed=local_embed(args.cache))
         return X, f"CHGNet embedding (64, computed here, cached) + composition over {len(elements)} elements"
+    if args.featurizer == "chgnet+composition+energy":
+        from xtalforge.model.descriptors import cached_chgnet_features
+        from xtalforge.model.features import composition_features
+
+        elements = sorted({el.symbol for s in structures for el in s.composition.elements})
+        comp = np.stack([composition_features(s.composition, elements) for s in structures])
+        return np.concatenate([cached_chgnet_features(structures, args.cache), comp], axis=1), \
+            "CHGNet embedding + CHGNet energy and formation energy per atom (unrelaxed) + composition"
+    if args.featurizer in ("chgnet+magpie", "chgnet+fractions+magpie"):
+        from xtalforge.model.descriptors import magpie_features
+        from xtalforge.model.features import composition_features
+
+        elements = sorted({el.symbol for s in structures for el in s.composition.elements})
+        parts = [local_embed(args.cache)(structures), np.stack([magpie_features(s.composition) for s in structures])]
+        if args.featurizer == "chgnet+fractions+magpie":
+            parts.append(np.stack([composition_features(s.composition, elements) for s in structures]))
+        return np.concatenate(parts, axis=1), "CHGNet embedding + element-property statistics" + (
+            " + composition" if len(parts) == 3 else "")
     if args.featurizer == "chgnet+magpie+structure":
         return featurize(args.featurizer, structures, cache_root=args.cache), \
             "magpie+structure + CHGNet embedding, energy and formation energy"
@@ -100,11 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude-columns", default="", help="table features: columns to leave out, comma-separated")
     ap.add_argument("--known-rows", default=None,
                     help="column flagging rows known from the start as low-fidelity data (multi-fidelity)")
+    ap.add_argument("--drop-known", action="store_true",
+                    help="leave the --known-rows rows out instead (the single-fidelity comparison)")
     ap.add_argument("--kinds", default="qlognei", help="acquisition function(s), comma-separated "
                     f"(several = GP-Hedge portfolio): {', '.join(arm_names(1))}")
     ap.add_argument("--surrogate", default="{}", help="Surrogate keyword arguments as JSON, e.g. "
                     "'{\"kernel\": \"rbf\"}'")
     ap.add_argument("--acquirer", default="{}", help="Acquirer keyword arguments as JSON")
+    ap.add_argument("--context", action="store_true",
+                    help="scale the GP's inputs over the pool too, not only the training rows")
     ap.add_argument("--delay", type=int, default=0, help="rounds before a result comes back (pending points)")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N rows (quick runs)")
     ap.add_argument("--cache", default=None, help="feature cache folder (default ~/.cache/xtalforge)")
@@ -172,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         cands, _ = load_pool(df)
         X, what = _features(args, df, cands, None)
     known = None
+    if known_df is not None and args.drop_known:
+        known_df = None
     if known_df is not None:
         Xk, _ = _table_features(known_df, exclude) if featurizer == "table" else (None, None)
         if Xk is None:
@@ -183,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                 "split_seed": args.split_seed, "featurizer": featurizer, "q": args.q,
                 "n_init": args.n_init or args.q, "budget": args.budget, "fraction": args.fraction,
                 "kinds": ",".join(kinds), "surrogate": sur_probe.describe(), "acquirer": json.dumps(acq_kw),
-                "known_rows": args.known_rows or "", "delay": args.delay}
+                "known_rows": args.known_rows or "", "delay": args.delay, "context": args.context}
     print(f"# {args.data}: split {args.split} (seed {args.split_seed}), {len(df)} rows, {len(cands)} candidates"
           + (f", {len(known.y)} low-fidelity rows known ({args.known_rows})" if known is not None else ""))
     print(f"# features: {featurizer}: {what}; {X.shape[1]} columns, {time.perf_counter() - t:.0f} s")
-    print(f"# surrogate: {settings['surrogate']}")
+    print(f"# surrogate: {settings['surrogate']}" + ("; inputs scaled over the pool too (--context)" if args.context else ""))
     print(f"# acquisition: {' + '.join(kinds)}{' (GP-Hedge)' if len(kinds) > 1 else ''} {json.dumps(acq_kw)}; "
           f"q = {args.q}, first {settings['n_init']} by farthest point; budget {args.budget}; delay {args.delay}")
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr))
@@ -197,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         res = run_backtest(df, cands, X, args.target, args.minimize, seed=seed, q=args.q, n_init=args.n_init,
                            budget=args.budget, kinds=kinds, delay=args.delay, fraction=args.fraction,
-                           surrogate_kw=sur_kw, acquirer_kw=acq_kw, known=known, log=log)
+                           surrogate_kw=sur_kw, acquirer_kw=acq_kw, known=known, context=args.context, log=log)
         results.append(res)
 
         def avg(key: str) -> float:

@@ -108,7 +108,7 @@ def run_backtest(df: pd.DataFrame, cands: Sequence[Candidate], X: np.ndarray, ta
                  seed: int = 0, q: int = 6, n_init: int | None = None, budget: int = 300,
                  kinds: Sequence[str] = ("qlognei",), delay: int = 0, fraction: float = 0.01,
                  surrogate_kw: dict | None = None, acquirer_kw: dict | None = None,
-                 known: OutcomeData | None = None, heldout: int = 64,
+                 known: OutcomeData | None = None, heldout: int = 64, context: bool = False,
                  log: Callable[[str], None] | None = None) -> BacktestResult:
     """One backtest run; X holds the features of `cands` (row i of X is cands[i]).
 
@@ -116,7 +116,8 @@ def run_backtest(df: pd.DataFrame, cands: Sequence[Candidate], X: np.ndarray, ta
     point, qLogNEI, the campaign's Surrogate. `known` is low-fidelity data known before the first
     round (e.g. DFT band gaps when the oracle is the experiment): it joins every fit at fidelity 1
     while the oracle's values count as fidelity 2, so the surrogate is the multi-fidelity GP.
-    Each round also scores the surrogate on `heldout` random pool rows not yet measured (their
+    `context` passes the pool's features to the fit (input scaling over the pool, see
+    Surrogate.fit). Each round also scores the surrogate on `heldout` random pool rows not yet measured (their
     values are read from the table, never trained on): heldout_within_1sigma / 2sigma / mae."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -155,7 +156,7 @@ def run_backtest(df: pd.DataFrame, cands: Sequence[Candidate], X: np.ndarray, ta
                 data = OutcomeData(np.concatenate([known.X, data.X]), np.concatenate([known.y, data.y]),
                                    fidelity=np.concatenate([np.ones(len(known.y), dtype=int),
                                                             np.full(len(data.y), 2)]))
-            rep = sur.fit({target: data})[target]
+            rep = sur.fit({target: data}, X_context=X[pool] if context else None)[target]
             metrics.update(surrogate_nll=rep.nll, surrogate_n_train=float(rep.n_train),
                            time_surrogate_fit_s=time.perf_counter() - t)
             feats = {cands[i].id: X[i] for i in range(len(cands))}

@@ -171,9 +171,13 @@ class Surrogate:
                 f"hyperparameters on at most {self.hyper_subset}")
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, data: Mapping[str, OutcomeData]) -> dict[str, FitReport]:
+    def fit(self, data: Mapping[str, OutcomeData], X_context: np.ndarray | None = None) -> dict[str, FitReport]:
         """Fit one GP per outcome. Raises SurrogateError naming the outcome when one has no
-        usable (finite) values."""
+        usable (finite) values.
+
+        `X_context`: unlabelled feature rows (the pool the acquisition will pick from). With it,
+        inputs are min-max scaled over the training rows and these together, so a handful of
+        training points does not set the scale every other candidate is measured on."""
         from botorch.models import ModelListGP
 
         if not data:
@@ -183,7 +187,7 @@ class Surrogate:
             raise SurrogateError(f"outcomes disagree on the number of features: {dims}")
         self.outcomes, self.models, self.reports = [], [], {}
         for name, d in data.items():
-            model, rep = self._fit_one(name, d)
+            model, rep = self._fit_one(name, d, X_context)
             self.outcomes.append(name)
             self.models.append(model)
             self.reports[name] = rep
@@ -192,7 +196,7 @@ class Surrogate:
         self._moments = []
         return self.reports
 
-    def _fit_one(self, name: str, d: OutcomeData):
+    def _fit_one(self, name: str, d: OutcomeData, X_context: np.ndarray | None = None):
         from botorch.models import MultiTaskGP, SingleTaskGP
         from botorch.models.transforms import Normalize, Standardize
 
@@ -212,6 +216,11 @@ class Surrogate:
             # a constant target has no scale to standardize by; jitter keeps the fit well-posed
             y = y + 1e-6 * rng.standard_normal(len(y))
         lo, hi = X.min(0), X.max(0)
+        if X_context is not None and len(X_context):
+            ctx = np.asarray(X_context, dtype=np.float64)
+            ctx = ctx[np.isfinite(ctx).all(axis=1)]
+            if ctx.shape[1:] == X.shape[1:] and len(ctx):
+                lo, hi = np.minimum(lo, ctx.min(0)), np.maximum(hi, ctx.max(0))
         hi = np.where(hi - lo < 1e-9, lo + 1.0, hi)  # constant columns: unit range, never /0
         bounds = torch.as_tensor(np.stack([lo, hi]), dtype=DTYPE)
         dim = X.shape[1]
