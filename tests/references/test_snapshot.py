@@ -18,15 +18,17 @@ from xtalforge.references.snapshot import ENTRIES_FILE, Snapshot, subsystems
 
 
 def test_ca_ti_o_loads_well_under_a_second():
-    t0 = time.perf_counter()
+    # CPU time: five agents share two cores here, so wall time measures the neighbours
+    t0, c0 = time.perf_counter(), time.process_time()
     snap = Snapshot.read()
     known = load_known("Ca-Ti-O", sources=["snapshot"], snapshot=snap)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     again = load_known("Ti-O-Ca", sources=["snapshot"], snapshot=snap)
-    second = time.perf_counter() - t0
-    print(f"snapshot read + Ca-Ti-O: {first:.3f} s; Ca-Ti-O again: {second:.3f} s")
-    assert first < 1.0 and second < 0.2
+    second, second_cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"snapshot read + Ca-Ti-O: {first:.3f} s ({first_cpu:.3f} s CPU); "
+          f"Ca-Ti-O again: {second:.3f} s ({second_cpu:.3f} s CPU)")
+    assert first_cpu < 0.5 and second_cpu < 0.1
     assert [p.material_id for p in again.phases] == [p.material_id for p in known.phases]
     systems = {p.chemsys for p in known.phases}
     assert systems <= set(subsystems(["Ca", "Ti", "O"]))
