@@ -93,3 +93,18 @@ def test_failed_relaxations_are_cached_and_not_retried(tmp_path):
     again = relax_known(phases, relax, "ase:ase.calculators.emt.EMT", SETTINGS, tmp_path)
     assert sum(calls) == len(phases) and again.failed == first.failed
     assert sorted(again.cached_ids) == sorted(p.material_id for p in phases)
+
+
+def test_reference_hulls_stand_in_for_a_hull(oracle_hulls, ca_ti_o, chgnet_model, known_cache):
+    """What the MLIP oracle calls on its hull works on both hulls at once."""
+    hulls = build_reference_hulls(ca_ti_o, CountingRelax(chgnet_model), model_key("chgnet"), SETTINGS, known_cache,
+                                  max_e_above_hull_dft=0.0, max_sites_on_hull=20)
+    pnma = next(e for e in hulls.relaxed.entries if e.entry_id == "mp-4019")
+    candidate = PDEntry(pnma.composition, pnma.energy + 0.02 * pnma.composition.num_atoms, name="cand")
+    hulls.add("cand", candidate)
+    assert hulls.all_e_above_hull() == {"cand": pytest.approx(0.02, abs=1e-6)}
+    assert hulls.e_above_hull(candidate) == pytest.approx(0.02, abs=1e-6)
+    assert hulls.e_above_hull_dft(candidate) == pytest.approx(hulls.recompute()["cand"].e_above_hull_dft)
+    assert hulls.stable_keys() == [] and hulls.stable_keys(0.03) == ["cand"]
+    assert hulls.e_form_per_atom(candidate) < -3.0  # against MP's elemental references, as MP quotes it
+    assert set(hulls.campaign) == {"cand"} and hulls.dft.campaign["cand"] is candidate

@@ -54,7 +54,9 @@ class ReferenceHulls:
     """Both hulls of one chemical system, the known phases behind them, and what is missing.
 
     `add(key, entry)` puts a campaign's own relaxation (an MLIP entry as `mp2020_entry` makes it)
-    into both hulls, so later distances are against everything known so far."""
+    into both hulls, so later distances are against everything known so far. It also answers
+    `Hull`'s methods (`e_above_hull`, `all_e_above_hull`, ... on the primary hull), so it can
+    stand where one `Hull` was expected."""
 
     known: KnownSet
     dft: Hull
@@ -73,6 +75,44 @@ class ReferenceHulls:
         self.dft.add(key, entry)
         if self.oracle is not None:
             self.oracle.add(key, entry)
+
+    # -- the `Hull` interface, so code written for one hull (the MLIP oracle) takes both; the
+    # -- primary hull decides hits: the oracle-consistent one, or the DFT one when none was built
+    @property
+    def primary(self) -> Hull:
+        return self.oracle if self.oracle is not None else self.dft
+
+    @property
+    def campaign(self) -> dict[str, PDEntry]:
+        return self.primary.campaign
+
+    @property
+    def references(self) -> list[PDEntry]:
+        return self.primary.references
+
+    @property
+    def phase_diagram(self):
+        return self.primary.phase_diagram
+
+    def e_above_hull(self, entry: PDEntry) -> float:
+        """eV/atom above the primary hull (negative: below it)."""
+        return self.primary.e_above_hull(entry)
+
+    def e_above_hull_dft(self, entry: PDEntry) -> float:
+        """eV/atom above the DFT reference hull (MP energies of the known phases)."""
+        return self.dft.e_above_hull(entry)
+
+    def e_form_per_atom(self, entry: PDEntry) -> float:
+        """Formation energy (eV/atom) against MP's elemental references, comparable with MP's."""
+        return self.dft.e_form_per_atom(entry)
+
+    def all_e_above_hull(self) -> dict[str, float]:
+        """Current primary-hull distance (eV/atom) of every campaign entry."""
+        return self.primary.all_e_above_hull()
+
+    def stable_keys(self, threshold: float | None = None) -> list[str]:
+        """Campaign entries within `threshold` (default `hit_threshold`) of the primary hull."""
+        return self.primary.stable_keys(self.hit_threshold if threshold is None else threshold)
 
     def distance(self, entry: PDEntry) -> HullDistance:
         """Hull distances (eV/atom) of one MLIP entry against the current hulls."""
@@ -199,7 +239,8 @@ def build_reference_hulls(known: KnownSet, relax: RelaxFn | None, model: str = "
     from_mp = [el for el in known.elements if el not in covered]
     refs = list(relaxed.entries) + list(elemental_references(from_mp).values())
     oracle = Hull(known.elements, refs, use_mp_elements=False)
-    dft_only = {k: v for k, v in why.items() if known.by_id()[k].has_energy}
+    by_id = known.by_id()
+    dft_only = {k: v for k, v in why.items() if by_id[k].has_energy}
     return ReferenceHulls(known, dft, oracle, relaxed, dft_only, from_mp, hit_threshold)
 
 
