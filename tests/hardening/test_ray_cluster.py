@@ -127,8 +127,13 @@ def test_joining_a_cluster_with_token_auth_and_a_runtime_env(ray_head, tmp_path)
 def test_joining_through_the_ray_client(ray_head, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    mark, workers, owns, _node = _result(_driver(ray_head["client"],
-                                                 {"RAY_AUTH_TOKEN": ray_head["token"], "HOME": str(home)}), ray_head)
+    env = {"RAY_AUTH_TOKEN": ray_head["token"], "HOME": str(home)}
+    proc = _driver(ray_head["client"], env)
+    if proc.returncode != 0 and "RESULT " not in proc.stdout:
+        # Ray Client's per-connection server (fixed ports from 23000) and its gRPC channel fail
+        # now and then on a loaded machine; a second connection is what a user would try
+        proc = _driver(ray_head["client"], env)
+    mark, workers, owns, _node = _result(proc, ray_head)
     assert (mark, workers) == ("from-runtime-env", "2")
 
 
