@@ -70,16 +70,42 @@ def test_plots_without_data_say_so(tmp_path):
         assert pixel_std(png) > 0.005
 
 
+def test_budget_split_and_structure_pictures(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    split = plots.budget_split_plot(tmp_path / "b.png", {"random_symmetric": [0.33, 0.31], "substitution": [0.67, 0.69]})
+    cell = Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.9), ["Ca", "Ti", "O"],
+                                     [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0]])
+    pic = plots.structure_image(tmp_path / "s.png", cell, "CaTiO3 · Pm-3m (221)", "+0.031 eV/atom · new")
+    for png in (split, pic):
+        assert pixel_std(png) > 0.05, png
+    # the corner Ti is drawn at all 8 corners, the edge O at 4 edges each: 1 Ca + 8 Ti + 12 O
+    assert len(plots._with_boundary_images(cell)) == 21
+
+
+ROUTE = {"candidate_id": "abc123", "target": "CaTiO3", "rank": 1, "reaction": "CaO + TiO2 -> CaTiO3",
+         "precursors": "CaO + TiO2", "byproducts": "", "dE_eV_per_atom": -0.0812, "dE_eV_per_fu": -0.406,
+         "dG_T_eV_per_atom": -0.0812, "T_K": 1073.15, "energy_sources": "CaO: hull; TiO2: hull", "note": ""}
+
+
 def test_report_renders_plots_top_candidates_and_routes(tmp_path):
     png = plots.parity_plot(tmp_path / "plots" / "s.png", [0.1, 0.2], [0.12, 0.18], [0.05, 0.05], [1, 1])
     row = dict(id="abc123", formula="CaTiO3", spacegroup="Pnma (62)", e_above_hull=-0.012,
-               e_form_per_atom=-3.4, hit=True, source="random_symmetric", round=1, _parents="CaO (p1)")
-    doc = {"title": "campaign t: Ca-O-Ti", "facts": [("hits", "1")], "plots": [("surrogate parity", png)],
-           "top": [row], "routes": {"abc123": [{"precursors": ["CaCO3", "TiO2"], "temperature_C": 1200}]}}
+               e_form_per_atom=-3.4, hit=True, source="random_symmetric", round=1, _parents="CaO (p1)",
+               _cif="../top_cifs/01_CaTiO3_abc123.cif", _picture=png, _novelty="rediscovered (mp-4019)")
+    doc = {"title": "campaign t: Ca-O-Ti", "headline": "1 hit in 2 oracle calls", "facts": [("hits", "1", None)],
+           "links": [("all candidates (CSV)", "../candidates.csv")], "mae_definition": "Surrogate MAE: ...",
+           "next": {"look": ["CaTiO3 Pnma (62) (abc123): -0.012 eV/atom"], "spend": ["x"], "wrong": ["nothing"]},
+           "plots": [("surrogate parity", png, "interactive/s.html")], "top": [row], "routes": {"abc123": [ROUTE]}}
     md = render_markdown(doc, tmp_path)
-    assert "![surrogate parity](plots/s.png)" in md
-    assert "| 1 | CaTiO3 | Pnma (62) | -0.012 | -3.400 | yes | random_symmetric | 2 | CaO (p1) |" in md
-    assert "precursors: CaCO3, TiO2; temperature_C: 1200" in md
+    assert "![surrogate parity](plots/s.png)" in md and "[interactive version](interactive/s.html)" in md
+    assert ("| 1 | CaTiO3 | Pnma (62) | -0.012 | -3.400 | yes | rediscovered (mp-4019) | random_symmetric | 2 "
+            "| CaO (p1) | [01_CaTiO3_abc123.cif](../top_cifs/01_CaTiO3_abc123.cif) |") in md
+    # the route as a table with units, and a sentence reading it
+    assert "| ΔE at 0 K (eV/atom) |" in md and "| 1 | CaO + TiO2 -> CaTiO3 | -0.081 | -0.406 | -0.081 | 1073 |" in md
+    assert "CaO + TiO2 → CaTiO3: releases 0.081 eV/atom at 0 K; at 1073 K (800 °C) ΔG ≈ -0.081 eV/atom, favourable" in md
     html = render_html(doc)
-    assert "data:image/png;base64," in html and "CaTiO3" in html and "CaCO3, TiO2" in html
+    assert "data:image/png;base64," in html and "<th>T (K)</th>" in html
+    assert "href='../top_cifs/01_CaTiO3_abc123.cif'" in html and "id='cand-abc123'" in html
+    assert "href='#cand-abc123'" in html  # the closer-look line links to the candidate's card
     assert "did not run" in render_markdown({**doc, "routes": None}, tmp_path)

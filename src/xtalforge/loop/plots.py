@@ -305,3 +305,78 @@ def parity_plot(path: Path, measured: Sequence[float], predicted: Sequence[float
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+# -- budget split -------------------------------------------------------------------------
+def budget_split_plot(path: Path, shares: Mapping[str, Sequence[float]], title: str = "") -> Path:
+    """Each generator's share of the proposals, round by round, stacked on a fixed 0-1 axis:
+    one line per generator on an auto-scaled axis makes 0.31 vs 0.35 look like a swing.
+    `shares` maps generator -> share per round (round 1 first)."""
+    if not shares or not any(len(v) for v in shares.values()):
+        return message(path, "Budget split", "No rounds yet.")
+    names = list(shares)
+    n = max(len(v) for v in shares.values())
+    data = np.array([list(shares[g]) + [np.nan] * (n - len(shares[g])) for g in names], dtype=float)
+    data = np.nan_to_num(data)
+    rounds = np.arange(1, n + 1)
+    fig = _figure(7, 3.6)
+    ax = fig.add_subplot()
+    bottom = np.zeros(n)
+    for g, row in zip(names, data):
+        ax.bar(rounds, row, bottom=bottom, label=g, width=0.7, edgecolor="white")
+        for x, b, h in zip(rounds, bottom, row):
+            if h >= 0.08:
+                ax.text(x, b + h / 2, f"{h:.0%}", ha="center", va="center", fontsize=8, color="white")
+        bottom += row
+    ax.set_ylim(0, 1)
+    ax.set_xticks(rounds)
+    ax.set_xlabel("round")
+    ax.set_ylabel("share of the round's proposals")
+    ax.set_title(title or "Budget split between generators")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+# -- a crystal structure ------------------------------------------------------------------
+def structure_image(path: Path, structure, title: str = "", subtitle: str = "") -> Path:
+    """A static picture of one crystal structure: its unit cell seen along two directions (ASE's
+    matplotlib renderer, so it works offline and needs no display), atoms in Jmol colours with
+    a legend of the elements. `structure` is a pymatgen Structure."""
+    from ase.data import atomic_numbers
+    from ase.data.colors import jmol_colors
+    from ase.visualize.plot import plot_atoms
+    from matplotlib.patches import Patch
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(_with_boundary_images(structure))
+    fig = _figure(6.4, 3.9)
+    axes = fig.subplots(1, 2)
+    for ax, rotation, label in zip(axes, ("10x,-10y,0z", "-80x,5y,0z"), ("near the c axis", "near the b axis")):
+        plot_atoms(atoms, ax, rotation=rotation, radii=0.3, show_unit_cell=2)
+        ax.set_axis_off()
+        ax.set_title(label, fontsize=8, color="#555")
+    els = sorted({s.symbol for s in atoms}, key=lambda e: atomic_numbers[e])
+    fig.legend(handles=[Patch(facecolor=jmol_colors[atomic_numbers[e]], edgecolor="black", label=e) for e in els],
+               loc="outside lower center", ncol=len(els), fontsize=8, frameon=False)
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    return _save(fig, path)
+
+
+def _with_boundary_images(structure, tol: float = 0.02):
+    """The structure with the periodic copies of atoms that sit on a face, edge or corner of
+    the cell added, so a drawing of one cell shows its whole coordination (a corner atom at
+    all eight corners)."""
+    import itertools
+
+    from pymatgen.core import Structure
+
+    species, coords = [], []
+    for site in structure:
+        f = np.mod(site.frac_coords, 1.0)
+        f[f > 1 - tol] -= 1.0  # 0.999 is 0
+        for shift in itertools.product((0, 1), repeat=3):
+            g = f + np.array(shift)
+            if np.all(g <= 1 + tol) and (not any(shift) or np.all(np.abs(f[np.array(shift) == 1]) < tol)):
+                species.append(site.species)
+                coords.append(g)
+    return Structure(structure.lattice, species, coords, coords_are_cartesian=False)

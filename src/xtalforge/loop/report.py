@@ -29,11 +29,13 @@ if TYPE_CHECKING:
     from xtalforge.loop.tracking import Tracker
 
 # plot file stem -> MLflow image key; the keys are part of the dashboard's contract
+# (docs/metrics.md): the section before the '/' is where MLflow shows the chart
 PLOTS = {
-    "discovery_curve": "discovery_curve",
-    "convex_hull": "convex_hull",
-    "pareto_front": "pareto_front",
-    "surrogate_parity": "surrogate_parity",
+    "discovery_curve": "discovery/discovery_curve",
+    "convex_hull": "discovery/convex_hull",
+    "pareto_front": "discovery/pareto_front",
+    "surrogate_parity": "discovery/surrogate_parity",
+    "budget_split": "generators/budget_split",
 }
 
 
@@ -72,15 +74,23 @@ def _second_value(cand, m) -> float:
     return float(v) if isinstance(v, (int, float)) else float("nan")
 
 
+def novelty(d: dict) -> str:
+    """"new", or "rediscovered (mp-XXXX)" for a candidate that matches a known material."""
+    return f"rediscovered ({d['known_match']})" if d.get("known_match") else "new"
+
+
 def ranked(c: CampaignResults) -> list[dict]:
     """Every evaluated candidate with its current e_above_hull, best first; failures last.
 
     Each row says how the candidate was found (generator, round, parents), whether it is a hit,
-    and what the surrogate predicted for it when it was picked."""
+    whether it matches a known material (`known_match`: its id, or "") and what the surrogate
+    predicted for it when it was picked."""
     e_hull = c.hull.all_e_above_hull()
     cands = {x.id: x for x in c.store.candidates(ids=list(c.measured))}
     hits = c.hits()
     novel = c.novel(list(cands.values()))
+    # candidate id -> id of the known material it matches, where the campaign knows them
+    known = getattr(c, "known_matches", dict)() or {}
     pred = c.predictions()
     rows = []
     for cid, m in c.measured.items():
@@ -89,6 +99,7 @@ def ranked(c: CampaignResults) -> list[dict]:
             continue
         s = m.relaxed if m.relaxed is not None else cand.structure
         p = pred.get(cid, (float("nan"), float("nan"), -1))
+        match = str(known.get(cid) or (cand.meta or {}).get("known_match") or "")
         rows.append({
             "id": cid,
             "formula": s.composition.reduced_formula,
@@ -100,7 +111,8 @@ def ranked(c: CampaignResults) -> list[dict]:
             "density": m.values.get("density", float("nan")),
             "p_synth": _second_value(cand, m),
             "hit": cid in hits,
-            "novel": cid in novel,
+            "novel": cid in novel and not match,
+            "known_match": match,
             "pred_e_above_hull": p[0],
             "pred_e_above_hull_std": p[1],
             "source": cand.source,
@@ -135,6 +147,11 @@ def _cif_header(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cif_name(rank: int, d: dict) -> str:
+    """The file name of the rank-th best candidate's CIF (1-based rank)."""
+    return safe_name(f"{rank:02d}_{d['formula']}_{d['id']}.cif")
+
+
 def _write_cifs(rows: list[dict], folder: Path, k: int) -> list[Path]:
     """The top `k` successful candidates as CIFs with their values, plus top_candidates.csv."""
     from pymatgen.io.cif import CifWriter
@@ -143,7 +160,7 @@ def _write_cifs(rows: list[dict], folder: Path, k: int) -> list[Path]:
     out = []
     top = [x for x in rows if x["status"] == "ok"][:k]
     for rank, d in enumerate(top, start=1):
-        p = folder / safe_name(f"{rank:02d}_{d['formula']}_{d['id']}.cif")
+        p = folder / cif_name(rank, d)
         p.write_text(_cif_header(d) + str(CifWriter(d["_structure"], symprec=0.1)))
         out.append(p)
     if top:
@@ -152,8 +169,29 @@ def _write_cifs(rows: list[dict], folder: Path, k: int) -> list[Path]:
 
 
 def write_plots(c: CampaignResults, rows: list[dict], folder: Path) -> dict[str, Path]:
-    """The four dashboard plots from the campaign's current state, as PNGs in `folder`."""
+    """The dashboard plots from the campaign's current state, as PNGs in `folder`."""
     return render_plots(plot_inputs(c, rows), folder)
+
+
+def surrogate_error(rows: list[dict]) -> dict[str, float]:
+    """The surrogate's error, one definition for the report and the parity plot: over every
+    evaluated pick that had a prediction, the mean |predicted - measured| e_above_hull
+    (eV/atom; predicted when picked, measured against the current hull), the share measured
+    within 1 predicted sigma, and n."""
+    pts = [(d["pred_e_above_hull"], d["pred_e_above_hull_std"], d["e_above_hull"]) for d in rows
+           if d["status"] == "ok" and math.isfinite(d["pred_e_above_hull"]) and math.isfinite(d["e_above_hull"])]
+    if not pts:
+        return {"mae": float("nan"), "within_1sigma": float("nan"), "n": 0}
+    err = np.array([abs(p - y) for p, _, y in pts])
+    sig = np.array([max(s, 1e-9) if math.isfinite(s) else 1e-9 for _, s, _ in pts])
+    return {"mae": float(err.mean()), "within_1sigma": float(np.mean(err <= sig)), "n": len(pts)}
+
+
+def budget_shares(c: CampaignResults) -> dict[str, list[float]]:
+    """Generator -> its share of each round's proposals (round 1 first), from the store."""
+    rm = c.store.round_metrics()
+    names = [g.name for g in c.cfg.generators]
+    return {g: [float(rm[r].get(f"budget_share_{g}", float("nan"))) for r in sorted(rm)] for g in names}
 
 
 def plot_inputs(c: CampaignResults, rows: list[dict]) -> dict[str, Callable[[Path], Path]]:
@@ -171,14 +209,20 @@ def plot_inputs(c: CampaignResults, rows: list[dict]) -> dict[str, Callable[[Pat
     # the hull replaces (never edits) its PhaseDiagram when an entry arrives: a reference is a snapshot
     hull = (c.hull.phase_diagram, dict(c.hull.campaign), c.hull.all_e_above_hull())
     hull_title = f"Convex hull of {c.cfg.chemsys} (MP elements + this campaign)"
-    pareto_args, pareto_kw = _pareto_inputs(c, ok)
+    pareto = _pareto_inputs(c, ok)
     parity = ([d["e_above_hull"] for d in predicted], [d["pred_e_above_hull"] for d in predicted],
               [d["pred_e_above_hull_std"] for d in predicted], [d["evaluated_round"] for d in predicted])
+    err = surrogate_error(rows)
+    parity_title = (f"Surrogate parity: MAE {err['mae']:.3f} eV/atom, {err['within_1sigma']:.0%} within 1σ "
+                    f"(n={err['n']}, every pick with a prediction)") if err["n"] else ""
+    shares = budget_shares(c)
     return {
         "discovery_curve": lambda p: plots.discovery_curve(p, *curve, thr, title),
         "convex_hull": lambda p: plots.hull_plot(p, *hull, thr, title=hull_title),
-        "pareto_front": lambda p: plots.pareto_plot(p, *pareto_args, **pareto_kw),
-        "surrogate_parity": lambda p: plots.parity_plot(p, *parity),
+        "pareto_front": ((lambda p: plots.pareto_plot(p, *pareto[0], **pareto[1])) if pareto else
+                         (lambda p: plots.message(p, "Pareto front", NO_PARETO))),
+        "surrogate_parity": lambda p: plots.parity_plot(p, *parity, title=parity_title),
+        "budget_split": lambda p: plots.budget_split_plot(p, shares),
     }
 
 
@@ -196,23 +240,25 @@ def render_plots(jobs: dict[str, Callable[[Path], Path]], folder: Path) -> dict[
     return out
 
 
-def _pareto_inputs(c: CampaignResults, ok: list[dict]) -> tuple[tuple, dict]:
+NO_PARETO = ("This campaign has one objective (e_above_hull) and its candidates carry no\n"
+             "synthesizability score: there is no trade-off, so no Pareto front. Name two\n"
+             "acquisition.objectives, or a synthesis.model, to get one.")
+
+
+def _pareto_inputs(c: CampaignResults, ok: list[dict]) -> tuple[tuple, dict] | None:
     """Arguments of plots.pareto_plot for the front of the campaign's objectives (see
-    CampaignResults.objectives); with one objective and no synthesizability scores, e_above_hull
-    against density so the plot still informs."""
+    CampaignResults.objectives), or None when the campaign has only one (nothing trades off)."""
     names, minimize = c.objectives()
     table = c.objective_values(names, c.hull.all_e_above_hull())
     formula = {d["id"]: d["formula"] for d in ok}
-    if table:
-        ids = list(table)
-        cols = np.array([table[i] for i in ids])
-        unit = {"e_above_hull": " (eV/atom)"}
-        return ((cols[:, 0], cols[:, 1], [formula.get(i, "") for i in ids],
-                 names[0] + unit.get(names[0], ""), names[1] + unit.get(names[1], "")),
-                {"maximize_x": not minimize[0], "maximize_y": not minimize[1]})
-    return (([d["e_above_hull"] for d in ok], [d["density"] for d in ok], [d["formula"] for d in ok]),
-            {"y_label": "density (g/cm³)",
-             "title": "e_above_hull vs density (one objective, no synthesizability scores)"})
+    if not table:
+        return None
+    ids = list(table)
+    cols = np.array([table[i] for i in ids])
+    unit = {"e_above_hull": " (eV/atom)"}
+    return ((cols[:, 0], cols[:, 1], [formula.get(i, "") for i in ids],
+             names[0] + unit.get(names[0], ""), names[1] + unit.get(names[1], "")),
+            {"maximize_x": not minimize[0], "maximize_y": not minimize[1]})
 
 
 @dataclass
@@ -225,7 +271,7 @@ class RoundRecord:
     rows: list[dict]
     top_k: int
     plots: dict[str, Callable[[Path], Path]]
-    description: str
+    summary: dict
     config: Path | None
 
 
@@ -234,7 +280,7 @@ def snapshot_round(c: CampaignResults, r: int, metrics: dict, rows: list[dict] |
     rows = ranked(c) if rows is None else rows
     config = c.run_dir / "config.yaml"
     return RoundRecord(r, c.run_dir / "rounds" / f"round_{r:03d}", rows, c.cfg.tracking.top_k,
-                       plot_inputs(c, rows), run_description(c, r, metrics, rows),
+                       plot_inputs(c, rows), round_summary(c, r, metrics, rows),
                        config if config.is_file() else None)
 
 
@@ -251,7 +297,7 @@ def write_record(rec: RoundRecord, tracker: Tracker | None) -> None:
             tracker.log_artifact(rec.config)
         for name, path in figs.items():
             tracker.log_image(path, key=PLOTS[name], step=rec.round)
-        tracker.set_description(rec.description)
+        tracker.set_description(run_description(rec.summary, tracker.experiment_id, tracker.run_id))
 
 
 class RecordWriter:
@@ -298,17 +344,52 @@ class RecordWriter:
                                                 rec.round + 1, type(err).__name__, err)
 
 
-def run_description(c: CampaignResults, r: int, m: dict, rows: list[dict]) -> str:
-    """Markdown for the top of the MLflow run page: where the campaign stands, its best finds."""
-    lines = [f"**{c.cfg.chemsys}**, round {r + 1} of {c.cfg.rounds}: "
-             f"{int(m.get('sun_count', 0))} hits in {int(m.get('evaluations_total', 0))} oracle calls, "
-             f"best e_above_hull {m.get('best_e_above_hull', float('nan')):+.3f} eV/atom.", "",
-             "| # | formula | space group | e_above_hull (eV/atom) | found by | round |",
-             "|---|---|---|---|---|---|"]
-    for i, d in enumerate([x for x in rows if x["status"] == "ok"][:5], 1):
-        lines.append(f"| {i} | {d['formula']} | {d['spacegroup']} | {d['e_above_hull']:+.3f} "
-                     f"| {d['source']} | {d['round'] + 1} |")
-    lines += ["", "Plots: artifacts `rounds/round_NNN/plots/`; final report: `report/report.html`."]
+def round_summary(c: CampaignResults, r: int, m: dict, rows: list[dict]) -> dict:
+    """The numbers the run description shows, copied out of the campaign at the end of round r."""
+    ok = [d for d in rows if d["status"] == "ok"]
+    thr = c.cfg.hull.stable_threshold
+    return {
+        "chemsys": c.cfg.chemsys, "round": r, "rounds": c.cfg.rounds, "threshold": thr,
+        "hits": int(m.get("sun_count", 0)), "calls": int(m.get("evaluations_total", 0)),
+        "rediscovered": sum(1 for d in ok if d["known_match"] and d["e_above_hull"] <= thr + 1e-9),
+        "failed": sum(1 for d in rows if d["status"] != "ok"),
+        "best": m.get("best_e_above_hull", float("nan")),
+        "top": [{k: d[k] for k in ("formula", "spacegroup", "e_above_hull", "hit", "known_match", "source", "round")}
+                for d in ok[:5]],
+        "final": False,
+    }
+
+
+def _artifact_link(experiment_id: str | None, run_id: str | None, path: str) -> str:
+    """A link, relative to the MLflow UI's own address, to one of the run's artifacts."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}?workflowType=machine_learning"
+
+
+def run_description(summary: dict, experiment_id: str | None, run_id: str | None) -> str:
+    """Markdown for the top of the MLflow run page: the headline numbers, the best candidates
+    and links to the report, the tables and this round's plots."""
+    s = summary
+    rate = f"{s['hits'] / s['calls']:.0%}" if s["calls"] else "—"
+    red = f" (and {s['rediscovered']} known phases rediscovered)" if s["rediscovered"] else ""
+    lines = [f"### {s['chemsys']} · round {s['round'] + 1} of {s['rounds']}" + (" · finished" if s["final"] else ""),
+             "",
+             f"**{s['hits']} hits**{red} in **{s['calls']} oracle calls** ({rate} of calls; "
+             f"{s['failed']} failed). A hit is stable (e_above_hull ≤ {s['threshold']:g} eV/atom), "
+             "unique and novel.",
+             "",
+             "| # | formula | space group | e_above_hull (eV/atom) | new or known | found by | round |",
+             "|---|---|---|---|---|---|---|"]
+    for i, d in enumerate(s["top"], 1):
+        lines.append(f"| {i} | {d['formula']}{' ★' if d['hit'] else ''} | {d['spacegroup']} | "
+                     f"{d['e_above_hull']:+.3f} | {novelty(d)} | {d['source']} | {d['round'] + 1} |")
+    link = lambda text, path: f"[{text}]({_artifact_link(experiment_id, run_id, path)})"  # noqa: E731
+    rnd = f"rounds/round_{s['round']:03d}"
+    links = ([link("the report", "report/report.html"), link("all candidates (CSV)", "candidates.csv"),
+              link("best structures (CIF)", "top_cifs")] if s["final"] else
+             [link("this round's candidates (CSV)", f"{rnd}/candidates.csv"), link("its best CIFs", f"{rnd}/cifs"),
+              link("its plots", f"{rnd}/plots")])
+    lines += ["", " · ".join(links),
+              "", "Charts: **Model metrics**, section `discovery/` first; each image chart opens on the latest round."]
     return "\n".join(lines)
 
 
@@ -354,60 +435,206 @@ def print_round(c: CampaignResults, generators: list[str], r: int, m: dict, rows
 
 
 # -- the end of a campaign ----------------------------------------------------------------
+REPORT_TOP = 10  # candidates the report shows, each with a picture and its CIF
+NEAR_HULL = 0.1  # eV/atom: within this of the hull a phase is worth a look (metastable)
+
+
 def write_final(c: CampaignResults, tracker: Tracker | None,
                 routes: dict[str, list[dict]] | None = None) -> dict[str, Path]:
-    """candidates.csv, top_cifs/ and the report (report/report.md and .html) in the run folder,
-    all copied to MLflow. `routes` maps candidate id to synthesis routes for the report."""
+    """candidates.csv, top_cifs/ and the report (report/report.md and .html with its plots,
+    structure pictures and interactive pages) in the run folder, all copied to MLflow; the run
+    description becomes the final summary. `routes` maps candidate id to synthesis routes."""
     rows = ranked(c)
     _write_csv(rows, c.run_dir / "candidates.csv")
-    cifs = _write_cifs(rows, c.run_dir / "top_cifs", max(c.cfg.tracking.top_k, 10))
-    figs = write_plots(c, rows, c.run_dir / "report" / "plots")
-    md, html = write_report(c, rows, figs, c.run_dir / "report", routes,
-                            run_url=tracker.run_url() if tracker else "—")
+    cifs = _write_cifs(rows, c.run_dir / "top_cifs", max(c.cfg.tracking.top_k, REPORT_TOP))
+    folder = c.run_dir / "report"
+    figs = write_plots(c, rows, folder / "plots")
+    md, html = write_report(c, rows, figs, folder, routes, top=REPORT_TOP, tracker=tracker)
     if tracker is not None:
         tracker.log_artifact(c.run_dir / "candidates.csv")
         tracker.log_artifacts(c.run_dir / "top_cifs", "top_cifs")
-        tracker.log_artifacts(c.run_dir / "report", "report")
+        tracker.log_artifacts(folder, "report")
+        m = c.store.round_metrics()
+        if m:
+            summary = round_summary(c, max(m), m[max(m)], rows) | {"final": True}
+            tracker.set_description(run_description(summary, tracker.experiment_id, tracker.run_id))
     return {"csv": c.run_dir / "candidates.csv", "cifs": c.run_dir / "top_cifs", "n_cifs": len(cifs),
             "report_md": md, "report_html": html}
 
 
-def write_report(c: CampaignResults, rows: list[dict], figs: dict[str, Path], folder: Path,
-                 routes: dict[str, list[dict]] | None = None, top: int = 10, run_url: str = "—") -> tuple[Path, Path]:
-    """The campaign report as Markdown (links to the PNGs) and self-contained HTML (PNGs inline).
+def write_structures(rows: list[dict], folder: Path) -> dict[str, Path]:
+    """A picture of each row's structure in `folder` (candidate id -> PNG), titled with its
+    formula, space group, e_above_hull and whether it is new; a picture that fails says so."""
+    out: dict[str, Path] = {}
+    for rank, d in enumerate(rows, 1):
+        path = folder / safe_name(f"{rank:02d}_{d['formula']}_{d['id']}.png")
+        title = f"{rank}. {d['formula']} · {d['spacegroup']}"
+        sub = f"e_above_hull {d['e_above_hull']:+.3f} eV/atom · {novelty(d)} · {d['id']}"
+        try:
+            out[d["id"]] = plots.structure_image(path, d["_structure"], title, sub)
+        except Exception as err:
+            out[d["id"]] = plots.message(path, title, f"picture failed: {type(err).__name__}: {err}")
+    return out
 
-    `routes` (candidate id -> list of route dicts, e.g. precursors, temperature, score) comes
+
+def write_interactive(c: CampaignResults, rows: list[dict], folder: Path) -> dict[str, Path]:
+    """The hull and the discovery curve as interactive pages (plotly, offline); a page that
+    cannot be drawn is left out (the report then links the PNG only)."""
+    from xtalforge.loop import plots_interactive as pi
+
+    by_id = {d["id"]: d for d in rows}
+    seq = [by_id[i] for i in c.measured if i in by_id]
+    labels = {d["id"]: f"{d['formula']} {d['spacegroup']} ({d['id']}, {novelty(d)})" for d in rows}
+    jobs = {
+        "discovery_curve": lambda p: pi.discovery_curve_html(p, seq, c.cfg.hull.stable_threshold,
+                                                             f"{c.cfg.chemsys}: discovery curve"),
+        "convex_hull": lambda p: pi.hull_html(p, c.hull.phase_diagram, dict(c.hull.campaign), c.hull.all_e_above_hull(),
+                                              labels, c.cfg.hull.stable_threshold,
+                                              title=f"Convex hull of {c.cfg.chemsys} (hover a point)"),
+    }
+    out: dict[str, Path] = {}
+    for name, job in jobs.items():
+        try:
+            out[name] = job(folder / f"{name}.html")
+        except Exception as err:  # a missing interactive page must not cost the report
+            import logging
+
+            logging.getLogger(__name__).warning("interactive %s failed: %s: %s", name, type(err).__name__, err)
+    return out
+
+
+def next_steps(c: CampaignResults, rows: list[dict], routes: dict[str, list[dict]] | None) -> dict[str, list[str]]:
+    """What an owner should look at next: candidates worth a closer look (new, near the hull,
+    synthesizable), where the loop spends its oracle calls and time, and what looks wrong."""
+    thr, ok = c.cfg.hull.stable_threshold, [d for d in rows if d["status"] == "ok"]
+    min_p = c.cfg.synthesis.min_p_synth
+    look: list[str] = []
+    for d in ok:
+        if d["known_match"] or d["e_above_hull"] > thr + NEAR_HULL:
+            continue
+        if math.isfinite(d["p_synth"]) and d["p_synth"] < min_p:
+            continue
+        best = next((r for r in (routes or {}).get(d["id"], []) if r.get("reaction")), None)
+        look.append(f"{d['formula']} {d['spacegroup']} ({d['id']}): {d['e_above_hull']:+.3f} eV/atom, new"
+                    + (f", P(synthesizable) {d['p_synth']:.2f}" if math.isfinite(d["p_synth"]) else "")
+                    + (f"; best route {best['reaction']}, ΔG ≈ {float(best['dG_T_eV_per_atom']):+.3f} eV/atom"
+                       if best else ""))
+        if len(look) == 5:
+            break
+    if not look:
+        look.append(f"No new candidate within {NEAR_HULL:g} eV/atom of the hull (and, where scored, "
+                    f"with P(synthesizable) ≥ {min_p:g}) yet.")
+    spend: list[str] = []
+    n = len(rows) or 1
+    for g in sorted({d["source"] for d in rows}, key=lambda g: -sum(d["source"] == g for d in rows)):
+        mine = [d for d in rows if d["source"] == g]
+        good = [d["e_above_hull"] for d in mine if d["status"] == "ok"]
+        spend.append(f"{g}: {len(mine)} oracle calls ({len(mine) / n:.0%}), {sum(d['hit'] for d in mine)} hits, "
+                     f"best {min(good):+.3f} eV/atom" if good else f"{g}: {len(mine)} oracle calls, none succeeded")
+    rm = c.store.round_metrics()
+    total = sum(m.get("time_round_s", 0.0) for m in rm.values())
+    if total > 0:
+        parts = {k: sum(m.get(f"time_{k}_s", 0.0) for m in rm.values()) for k in ("oracle", "acquire", "generate", "record")}
+        spend.append("time: " + ", ".join(f"{k} {v / total:.0%}" for k, v in parts.items())
+                     + f" of {total:.0f} s in {len(rm)} rounds")
+    wrong: list[str] = []
+    for g in {d["source"] for d in rows}:
+        mine = [d for d in rows if d["source"] == g and d["status"] == "ok"]
+        if len(mine) >= 3 and not any(d["hit"] for d in mine) and min(d["e_above_hull"] for d in mine) > thr + NEAR_HULL:
+            wrong.append(f"{g} never pays: {len(mine)} relaxations, no hit, none within {NEAR_HULL:g} eV/atom of the hull")
+    for g in (x.name for x in c.cfg.generators):
+        made = sum(m.get(f"unique_{g}", 0.0) for m in rm.values())
+        if rm and made == 0:
+            wrong.append(f"{g} proposed nothing new in {len(rm)} rounds (no unique valid structure)")
+    err = surrogate_error(rows)
+    if err["n"] >= 5 and not 0.4 <= err["within_1sigma"] <= 0.95:
+        how = "overconfident: its σ is too small" if err["within_1sigma"] < 0.4 else "underconfident: its σ is too wide"
+        wrong.append(f"the surrogate is badly calibrated ({err['within_1sigma']:.0%} of {err['n']} picks within 1σ, "
+                     f"68% expected): {how}")
+    failed = [d for d in rows if d["status"] != "ok"]
+    if failed:
+        wrong.append(f"{len(failed)} of {len(rows)} relaxations failed, e.g. {failed[0]['formula']} "
+                     f"({failed[0]['id']}): {str(failed[0]['error'] or '')[:120]}")
+    known = [d for d in ok if d["known_match"] and d["e_above_hull"] <= thr + 1e-9]
+    if known:
+        wrong.append(f"{len(known)} stable candidates are known materials (rediscovered): "
+                     + ", ".join(f"{d['formula']} = {d['known_match']}" for d in known[:5]))
+    return {"look": look, "spend": spend, "wrong": wrong or ["nothing stands out."]}
+
+
+def write_report(c: CampaignResults, rows: list[dict], figs: dict[str, Path], folder: Path,
+                 routes: dict[str, list[dict]] | None = None, top: int = REPORT_TOP,
+                 tracker: Tracker | None = None) -> tuple[Path, Path]:
+    """The campaign report as Markdown and as self-contained HTML (pictures inline), in `folder`
+    beside its plots/, structures/ and interactive/; its links are relative to the run folder.
+
+    `routes` (candidate id -> synthesis routes, rows of synthesis.routes.routes_table) comes
     from the synthesis planner; without it the report says no routes were suggested."""
     from xtalforge.loop.report_doc import render_html, render_markdown
+    from xtalforge.loop.tracking import ui_url
 
     folder.mkdir(parents=True, exist_ok=True)
     ok = [d for d in rows if d["status"] == "ok"]
     formulas = {d["id"]: d["formula"] for d in rows}
     for d in ok:  # parents by formula where the campaign knows them
         d["_parents"] = ", ".join(f"{formulas.get(p, '')} ({p})".strip() for p in d["parents"].split(";") if p)
+    shown = ok[:top]
+    pictures = write_structures(shown, folder / "structures")
+    interactive = write_interactive(c, rows, folder / "interactive")
+    for rank, d in enumerate(shown, 1):
+        d["_cif"] = f"../top_cifs/{cif_name(rank, d)}"
+        d["_picture"] = pictures[d["id"]]
+        d["_novelty"] = novelty(d)
     m = c.store.round_metrics()
     last = m[max(m)] if m else {}
+    thr = c.cfg.hull.stable_threshold
+    hits = [d for d in rows if d["hit"]]
+    err = surrogate_error(rows)
+    if tracker is not None and tracker.ok and tracker.uri.startswith("http"):
+        mlflow = ("MLflow run", tracker.run_id, ui_url(tracker.uri, tracker.experiment_id, tracker.run_id))
+    elif tracker is not None and tracker.ok:
+        mlflow = ("MLflow run", f"{tracker.run_id}: open it with `xtalforge ui {c.run_dir}`", None)
+    else:
+        mlflow = ("MLflow run", "not tracked", None)
+    done = sum(1 for s in c.store.stages().values() if s == "done")
     doc = {
         "title": f"xtalforge campaign {c.cfg.name}: {c.cfg.chemsys}",
+        "headline": (f"{len(hits)} hits in {len(rows)} oracle calls ({c.screen}) over {done} of {c.cfg.rounds} rounds; "
+                     f"a hit is stable (e_above_hull ≤ {thr:g} eV/atom against MP elemental references and every "
+                     f"phase the campaign found), unique and novel. "
+                     + (f"Best: {ok[0]['formula']} {ok[0]['spacegroup']} at {ok[0]['e_above_hull']:+.3f} eV/atom "
+                        f"({novelty(ok[0])})." if ok else "No successful oracle call yet.")),
         "facts": [
-            ("run folder", str(c.run_dir)),
-            ("rounds done", f"{sum(1 for s in c.store.stages().values() if s == 'done')} of {c.cfg.rounds}"),
-            (f"oracle calls ({c.screen})", str(len(rows))),
-            ("hits (stable, unique, novel)", f"{sum(d['hit'] for d in rows)} "
-                                             f"(threshold {c.cfg.hull.stable_threshold:g} eV/atom)"),
-            ("best e_above_hull", f"{_fmt(ok[0]['e_above_hull'], '+.3f')} eV/atom" if ok else "—"),
-            ("surrogate MAE, last round", f"{_fmt(last.get('surrogate_mae_last_round'))} eV/atom"),
-            ("config hash", c.cfg.config_hash()),
-            ("MLflow run", run_url),
+            ("run folder", str(c.run_dir), None),
+            ("rounds done", f"{done} of {c.cfg.rounds}", None),
+            (f"oracle calls ({c.screen})", f"{len(rows)} ({len(rows) - len(ok)} failed)", None),
+            ("hits (stable, unique, novel)", f"{len(hits)}: {sum(not d['known_match'] for d in hits)} new, "
+                                             f"{sum(bool(d['known_match']) for d in hits)} rediscovered", None),
+            ("best e_above_hull", f"{_fmt(ok[0]['e_above_hull'], '+.3f')} eV/atom" if ok else "—", None),
+            ("surrogate MAE", (f"{_fmt(err['mae'])} eV/atom over all {err['n']} picks with a prediction "
+                               f"({_fmt(err['within_1sigma'], '.0%')} within 1σ); last round alone "
+                               f"{_fmt(last.get('surrogate_mae_last_round'))} eV/atom") if err["n"] else
+             "— (no pick had a surrogate prediction)", None),
+            ("config hash", c.cfg.config_hash(), None),
+            mlflow,
         ],
-        "plots": [(name.replace("_", " "), path) for name, path in figs.items()],
-        "top": ok[:top],
+        "mae_definition": ("Surrogate MAE: the mean of |predicted − measured| e_above_hull (eV/atom), predicted "
+                           "when the candidate was picked, measured by the oracle and placed on the current "
+                           "hull; the parity plot uses the same definition and the same picks."),
+        "links": [("all candidates (CSV)", "../candidates.csv"), ("best structures (CIF folder)", "../top_cifs/")]
+                 + [(f"interactive {name.replace('_', ' ')}", f"interactive/{p.name}") for name, p in interactive.items()]
+                 + ([("synthesis routes (CSV)", "../synthesis_routes.csv")]
+                    if (c.run_dir / "synthesis_routes.csv").is_file() else []),
+        "next": next_steps(c, rows, routes),
+        "plots": [(name.replace("_", " "), path,
+                   f"interactive/{interactive[name].name}" if name in interactive else None) for name, path in figs.items()],
+        "top": shown,
         "routes": routes,
     }
     md = folder / "report.md"
     md.write_text(render_markdown(doc, folder))
     html = folder / "report.html"
-    html.write_text(render_html(doc))
+    html.write_text(render_html(doc, folder))
     return md, html
 
 
@@ -418,11 +645,12 @@ def print_final(c: CampaignResults, paths: dict, tracker: Tracker | None = None,
 
     rows = [d for d in ranked(c) if d["status"] == "ok"][:10]
     t = Table(title=f"Best candidates, {c.cfg.chemsys} (e_above_hull vs. MP elements + this campaign)")
-    for col in ("rank", "formula", "space group", "e_above_hull (eV/atom)", "e_form (eV/atom)", "hit", "source", "round"):
+    for col in ("rank", "formula", "space group", "e_above_hull (eV/atom)", "e_form (eV/atom)", "hit",
+                "new or known", "source", "round"):
         t.add_column(col)
     for i, d in enumerate(rows, 1):
         t.add_row(str(i), d["formula"], d["spacegroup"], f"{d['e_above_hull']:+.3f}",
-                  f"{d['e_form_per_atom']:+.3f}", "★" if d["hit"] else "", d["source"], str(d["round"] + 1))
+                  f"{d['e_form_per_atom']:+.3f}", "★" if d["hit"] else "", novelty(d), d["source"], str(d["round"] + 1))
     # a pipe or a log file gets 120 columns, not the 80 rich assumes
     Console(width=None if sys.stdout.isatty() else 120).print(t)
     echo(f"candidates table: {paths['csv']}")
