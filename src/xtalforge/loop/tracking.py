@@ -374,10 +374,27 @@ MAX_PARAM = 6000  # MLflow's limit on a param value (characters)
 
 
 def grouped_params(params: dict[str, Any]) -> dict[str, str]:
-    """The config as a few MLflow params: one per top-level key, a section's options on one line
-    (`acquisition` -> "kind=qlognei, batch_size=6, ..."). The full config is the run's
-    config.yaml artifact; a few dozen one-value params would bury the run page."""
+    """The config, one line per top-level key, a section's options on that line
+    (`acquisition` -> "kind=qlognei, batch_size=6, ..."): logged as `config.<key>` tags."""
     return {k: _compact(v)[:MAX_PARAM] for k, v in params.items()}
+
+
+def headline_params(params: dict[str, Any]) -> dict[str, str]:
+    """The few params that tell campaigns apart at a glance. MLflow prints a run's params above
+    every image chart, so dozens of them push the plots out of view; the rest of the config is
+    in the `config.<section>` tags and the config.yaml artifact."""
+    acq = params.get("acquisition") or {}
+    gens = params.get("generators") or []
+    out = {
+        "chemical_system": "-".join(params["chemical_system"]) if isinstance(params.get("chemical_system"), list)
+        else params.get("chemical_system"),
+        "rounds": params.get("rounds"),
+        "proposals_per_round": params.get("proposals_per_round"),
+        "batch_size": acq.get("batch_size") if isinstance(acq, dict) else None,
+        "acquisition": acq.get("kind") if isinstance(acq, dict) else None,
+        "generators": "+".join(g.get("name", "?") for g in gens if isinstance(g, dict)) or None,
+    }
+    return {k: str(v) for k, v in out.items() if v is not None}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -505,13 +522,13 @@ class Tracker:
         tags.setdefault("mlflow.source.type", "LOCAL")
         if tags.get("git_commit"):
             tags.setdefault("mlflow.source.git.commit", tags["git_commit"])
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        tags.update({f"config.{k}": v for k, v in grouped_params(params).items() if v})
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={metric_key(k): v[:5000] for k, v in tags.items()})
         self.run_id = run.info.run_id
-        flat = grouped_params(params)
-        keys = metric_keys(list(flat))
-        items = [Param(keys[k], v) for k, v in flat.items()]
-        for i in range(0, len(items), 90):
-            self.client.log_batch(self.run_id, params=items[i : i + 90])
+        head = headline_params(params)
+        keys = metric_keys(list(head))
+        self.client.log_batch(self.run_id, params=[Param(keys[k], v) for k, v in head.items()])
         return self.run_id
 
     def logged_steps(self, name: str) -> set[int]:
