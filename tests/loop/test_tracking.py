@@ -149,9 +149,9 @@ def test_tracker_run_tags_params_resume_and_images(tmp_path):
     assert got.data.tags["chemical_system"] == "Li-O"
     assert got.data.tags["mlflow.source.git.commit"] == "abc"
     assert got.data.tags["mlflow.note.content"] == "**Li-O**: 2 hits"
-    # one param per config section, its options on one line
-    assert got.data.params["chemical_system"] == "[Li, O]" and "kind=mlip" in got.data.params["mlip"]
-    assert len(got.data.params) < 25
+    # a few headline params (MLflow prints them above every image chart); the config in tags
+    assert got.data.params["chemical_system"] == "Li-O" and got.data.params["rounds"] == "3"
+    assert len(got.data.params) <= 6 and "kind=mlip" in got.data.tags["config.mlip"]
     assert got.data.metrics == {"discovery/hits": 2.0}  # NaN is not logged; sectioned key
     # the artifacts sit beside the run folders, where `xtalforge ui` serves them from
     assert got.info.artifact_uri.startswith((run.parent / "mlartifacts").resolve().as_uri())
