@@ -14,6 +14,7 @@ import yaml
 from xtalforge.config import parse_config
 from xtalforge.loop.config_guard import CHANGES_KEY, check_resume, record_config, stored_config
 from xtalforge.loop.lock import RunLock, lock_holder
+from xtalforge.loop.run_paths import portable_config
 from xtalforge.loop.store import CampaignStore
 
 BASE = {"name": "g", "chemical_system": ["Li", "O"], "rounds": 2, "mlip": {"fmax": 0.1, "workers": 1}}
@@ -65,9 +66,22 @@ def _run_folder(tmp_path: Path) -> Path:
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     st = CampaignStore(f"sqlite:///{run / 'store.db'}")
-    record_config(st, cfg.model_dump(mode="json"))
+    record_config(st, portable_config(cfg.model_dump(mode="json"), run))
     st.close()
     return run
+
+
+def test_an_unedited_config_passes_even_after_the_runs_folder_moved(tmp_path):
+    (tmp_path / "a").mkdir()
+    run = _run_folder(tmp_path / "a")
+    moved = tmp_path / "b"
+    run.parent.rename(moved)
+    from xtalforge.cli.main import _run_config
+
+    cfg = _run_config(moved / "g")
+    st = CampaignStore(f"sqlite:///{moved / 'g' / 'store.db'}")
+    assert check_resume(stored_config(st), portable_config(cfg.model_dump(mode="json"), moved / "g")) == []
+    st.close()
 
 
 def _resume(run: Path, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess:

@@ -86,10 +86,13 @@ def cmd_run(a: argparse.Namespace) -> int:
             return _fail([str(err)], EXIT_FAILED)
     from xtalforge.loop.campaign import Campaign
     from xtalforge.loop.config_guard import record_config
+    from xtalforge.loop.run_paths import portable_config
 
     try:
         camp = Campaign.create(cfg, progress=not a.no_progress)
-        record_config(camp.store, camp.cfg.model_dump(mode="json"))
+        # stored as config.yaml would name its files (relative to the run folder where they are
+        # beside it), so moving the runs/ folder does not count as a change on resume
+        record_config(camp.store, portable_config(camp.cfg.model_dump(mode="json"), camp.run_dir))
         print(f"campaign {cfg.name} in {camp.run_dir}  ({cfg.chemsys}, {cfg.rounds} rounds x "
               f"{cfg.acquisition.batch_size} relaxations)")
         camp.run(stop_after=a.stop_after)
@@ -134,6 +137,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
     from xtalforge.config import ConfigError
     from xtalforge.loop.config_guard import check_resume, record_config, stored_config
     from xtalforge.loop.lock import CampaignLocked, lock_holder
+    from xtalforge.loop.run_paths import portable_config
     from xtalforge.loop.store import CampaignStore
 
     run = _resolve_run(a.run)
@@ -152,7 +156,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
         return _fail(err.problems)
     st = CampaignStore(f"sqlite:///{(run / 'store.db').resolve()}")
     try:
-        edited = cfg.model_dump(mode="json")
+        edited = portable_config(cfg.model_dump(mode="json"), run)
         changed = check_resume(stored_config(st), edited, a.allow_config_change or [])
         if changed:
             return _fail([f"{run / 'config.yaml'}: {line}" for line in changed])
