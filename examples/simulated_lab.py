@@ -124,6 +124,7 @@ class SimulatedLab:
         tmp = inbox / f".{name}.tmp"
         tmp.write_text(doc)
         os.replace(tmp, inbox / name)  # complete, or not there at all
+        (inbox / f"{name}.done").touch()  # and marked so: the inbox takes it at once
         self.answered.update(q["candidate_id"] for q in due)
         return len(due)
 

@@ -73,7 +73,9 @@ class MLIPConfig(_Strict):
 
 class HullConfig(_Strict):
     references: list[str] = Field(default_factory=list, description="extra reference-entry files")
-    stable_threshold: float = Field(0.0, ge=0, description="eV/atom; a hit is at or below this")
+    stable_threshold: float = Field(
+        0.0, ge=0, description="eV/atom above the hull (the oracle-consistent one when built) at or below "
+        "which a candidate counts as stable; CHGNet's energy error is about 0.03 eV/atom")
     # CHGNet is trained on MPtrj energies that already carry the MP2020 corrections (its
     # fine-tuning guide corrects labels with MaterialsProject2020Compatibility), so correcting
     # its output again double-counts them (Fe2O3: -2.88 vs MP's -1.71 eV/atom formation energy).
@@ -85,6 +87,23 @@ class HullConfig(_Strict):
         if isinstance(self.apply_mp2020, bool):
             return self.apply_mp2020
         return not model.startswith("chgnet")
+
+
+class ReferencesConfig(_Strict):
+    """The known materials every claim is made against (xtalforge.references): they build the
+    hulls that decide "stable" and the structures that decide "novel"."""
+
+    sources: list[str] | None = Field(
+        None, description="'snapshot' (the shipped Materials Project subset), 'mp-api' (needs MP_API_KEY), "
+        "or CIF/CSV/JSON files or folders of known phases; default: mp-api with MP_API_KEY set, else the snapshot")
+    exclude_chemsys: list[str] = Field(
+        default_factory=list, description="systems whose known phases are hidden (leave-system-out benchmarks)")
+    oracle_consistent: bool = Field(
+        True, description="relax the known phases with the campaign's MLIP (cached) and decide hits on that hull")
+    max_sites: int = Field(20, ge=1, description="largest known phase relaxed into the oracle-consistent hull")
+    cache_dir: str | None = Field(
+        None, description="relaxed known phases, shared by campaigns (default ~/.cache/xtalforge/known_relaxed "
+        "or $XTALFORGE_CACHE_DIR)")
 
 
 class ObjectiveConfig(_Strict):
@@ -288,6 +307,7 @@ class CampaignConfig(_Strict):
         "default the MLIP) and any `confirm` oracles (a lab, DFT); each entry is {kind: ..., "
         "options...}. The top-level `mlip:` and `lab:` keys are shorthand for the entry of that kind")
     hull: HullConfig = Field(default_factory=HullConfig)
+    references: ReferencesConfig = Field(default_factory=ReferencesConfig)
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -82,6 +82,7 @@ def test_lab_answers_across_stop_and_resume(tmp_path, ray_local):
             resent = c.post("/results", json={"results": [answer]})
             assert resent.status_code == 422 and "results are final" in resent.json()["errors"][0]["message"]
             (inbox / "emailed.json").write_text(json.dumps({"results": [answer]}))
+            (inbox / "emailed.json.done").touch()  # complete: no wait for the inbox's quiet period
 
             # resume with the server still up: two writers on one store
             Campaign.open(run_dir, progress=False).run()
@@ -163,6 +164,7 @@ def test_a_round_waits_for_the_lab_only_when_told_and_only_so_long(tmp_path):
                 def drop() -> None:  # written whole, then renamed: never read half-written
                     (inbox / ".a.json.tmp").write_text(body(row))
                     os.replace(inbox / ".a.json.tmp", inbox / "a.json")
+                    (inbox / "a.json.done").touch()
 
                 lab_answers = threading.Timer(0.3, drop)
                 lab_answers.start()

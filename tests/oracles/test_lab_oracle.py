@@ -48,6 +48,8 @@ def test_inbox_files_are_processed_or_rejected_with_reasons(tmp_path):
     (inbox / "03-dup.json").write_text(body(good_row(a, gap=3.0)))
     (inbox / ".04-partial.json.tmp").write_text("{")  # still being written: left alone
     (inbox / "notes.txt").write_text("not a results file")
+    for p in inbox.iterdir():  # written a minute ago: complete by the inbox's rule (quiet for 2 s)
+        os.utime(p, (time.time() - 60,) * 2)
     new = lab.collect()
     assert [m.candidate_id for m in new] == [a] and new[0].values["band_gap"] == 1.5
     assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["01-good.json"]
@@ -70,6 +72,7 @@ def test_a_file_committed_before_a_crash_is_moved_not_reapplied(tmp_path):
     # the campaign committed this file, then died before moving it out of the inbox
     assert submit_results(store, "lab", doc, "json", "inbox", "results.json").accepted
     (run / "lab" / "inbox" / "results.json").write_text(doc)
+    os.utime(run / "lab" / "inbox" / "results.json", (time.time() - 60,) * 2)
     lab.collect()
     assert (run / "lab" / "inbox" / "processed" / "results.json").is_file()
     assert not (run / "lab" / "inbox" / "rejected").joinpath("results.json").exists()
@@ -87,6 +90,7 @@ def test_wait_for_returns_when_the_lab_answers(tmp_path):
         tmp = inbox / ".answer.json.tmp"
         tmp.write_text(body(good_row(ids[0]), good_row(ids[1], 2.5)))
         os.replace(tmp, inbox / "answer.json")
+        (inbox / "answer.json.done").touch()  # complete: taken at once
 
     t0 = time.monotonic()
     th = threading.Thread(target=lab_answers_later)

@@ -59,7 +59,7 @@ def test_batio3_from_baco3_and_tio2(ba_ti_o_hull):
     # CHGNet's BaTiO3 is strongly bound, as in MP (about -3.5 eV/atom; experiment -3.42)
     assert -4.0 < target.e_form_per_atom < -3.0
     energies = FormationEnergies(ba_ti_o_hull, (), pre)
-    assert energies.per_atom(Composition("TiO2"))[1] == "campaign hull"
+    assert energies.per_atom(Composition("TiO2"))[1].startswith("campaign hull")
     assert energies.per_atom(Composition("BaCO3"))[1].startswith("experiment")
     routes = routes_for(target.composition, energies, pre, target.e_form_per_atom, top=None)
     assert routes and all(_balanced(r.reaction) for r in routes)

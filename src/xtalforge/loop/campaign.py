@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,11 +22,13 @@ import numpy as np
 import yaml
 
 from xtalforge.acquisition.registry import get_arm
-from xtalforge.config import CampaignConfig, load_config
+from xtalforge.config import CampaignConfig, ConfigError, element_data_problems, load_config, parse_config
 from xtalforge.loop import report
-from xtalforge.loop.lock import RunLock
+from xtalforge.loop.config_guard import guard_resume
+from xtalforge.loop.lock import CampaignLocked, RunLock, lock_holder
 from xtalforge.loop.proposals import Proposer
 from xtalforge.loop.results import CampaignResults
+from xtalforge.loop.run_paths import portable_config, resolved_config
 from xtalforge.loop.selector import Selector
 from xtalforge.loop.store import CampaignStore
 from xtalforge.loop.tracking import Tracker, git_commit, resolve_uri
@@ -60,9 +62,10 @@ class Campaign:
     """One discovery campaign in one run folder (config.yaml, store.db, cifs/, report files)."""
 
     def __init__(self, config: CampaignConfig, run_dir: Path, progress: bool = True,
-                 echo: Callable[[str], None] = print):
+                 echo: Callable[[str], None] = print, allow_config_change: Sequence[str] = ()):
         cfg = self.cfg = config
         self.run_dir = Path(run_dir)
+        self.allow_config_change = list(allow_config_change)  # settings a resume may change
         self.progress = progress
         self.echo = echo
         self.lock = RunLock(self.run_dir)
@@ -87,30 +90,36 @@ class Campaign:
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def create(cls, config: CampaignConfig, **kw) -> Campaign:
-        """A new run folder under config.output_dir, never reusing an existing one."""
+        """A new run folder under config.output_dir, never reusing an existing one. Nothing is
+        written for a config the campaign could not run."""
+        problems = element_data_problems(list(config.chemical_system), bool(config.hull.references))
+        if problems:
+            raise ConfigError(problems)
         base = config.run_dir()
         run_dir = base
         if run_dir.exists():
             run_dir = base.with_name(f"{base.name}-{datetime.now():%Y%m%d-%H%M%S}")
         run_dir.mkdir(parents=True, exist_ok=False)
-        cfg = config.model_copy(deep=True)
-        cfg.tracking.uri = resolve_uri(cfg.tracking.uri)
-        # a resumed campaign may start from another folder: files the config names are absolute
-        cfg.hull.references = [str(Path(p).resolve()) for p in cfg.hull.references]
-        cfg.reference_structures = [str(Path(p).resolve()) for p in cfg.reference_structures]
-        for attr in ("model", "precursors"):
-            v = getattr(cfg.synthesis, attr)
-            if v:
-                setattr(cfg.synthesis, attr, str(Path(v).resolve()))
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-        return cls(cfg, run_dir, **kw)
+        data = config.model_dump(mode="json")
+        data["tracking"]["uri"] = resolve_uri(data["tracking"]["uri"])
+        if data["references"]["sources"]:  # files among them, from wherever the campaign resumes
+            data["references"]["sources"] = [s if s in ("snapshot", "mp-api") else str(Path(s).resolve())
+                                             for s in data["references"]["sources"]]
+        # files inside the runs/ folder are named relative to the run folder: it stays movable
+        data = portable_config(data, run_dir)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        return cls(parse_config(resolved_config(data, run_dir)), run_dir, **kw)
 
     @classmethod
     def open(cls, run_dir: str | Path, **kw) -> Campaign:
+        """The campaign in `run_dir`, refused at once while another process runs it."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file() or not (run_dir / "store.db").is_file():
             raise FileNotFoundError(f"{run_dir} is not a campaign folder (no config.yaml and store.db)")
-        return cls(load_config(run_dir / "config.yaml"), run_dir, **kw)
+        holder = lock_holder(run_dir)
+        if holder:
+            raise CampaignLocked(f"campaign {run_dir} is already running (pid {holder}); wait for it or stop it first")
+        return cls(load_config(run_dir / "config.yaml", relative_to=run_dir), run_dir, **kw)
 
     def load(self) -> CampaignResults:
         """Results, generator states and the deduplicator, as the store has them now."""
@@ -127,7 +136,7 @@ class Campaign:
             from xtalforge.model.surrogate import warm_up
 
             self._background.submit(warm_up)
-        self._owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
+        self._owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus, runtime_env=cfg.ray.runtime_env)
         self.proposer.ray_ready.set()
         ctx = OracleContext(config=cfg, run_dir=self.run_dir, store=self.store)
         self.oracles = [kind.build(spec, ctx) for kind, spec in cfg.oracle_kinds()]
@@ -138,10 +147,10 @@ class Campaign:
             run_name=self.run_dir.name,
             params=cfg.tracking_params(),
             tags={"chemical_system": cfg.chemsys, "config_hash": cfg.config_hash(),
-                  "git_commit": git_commit(), "run_dir": str(self.run_dir.resolve())},
+                  "git_commit": git_commit(), "run_dir": self.run_dir.name},
             run_id=run_id,
         )
-        if run_id is None:
+        if run_id is None and new_id:  # None while MLflow is unreachable: the next start retries
             self.store.put("mlflow_run_id", new_id)
 
     @property
@@ -182,7 +191,11 @@ class Campaign:
         status = "FAILED"
         done: list[RoundStats] = []
         try:
-            self.load()
+            # an edited config.yaml that alters results is refused unless allowed by name
+            guard_resume(self.store, portable_config(self.cfg.model_dump(mode="json"), self.run_dir),
+                         sum(1 for s in self.store.stages().values() if s == "done"), self.allow_config_change)
+            for line in self.load().describe():
+                self.echo(f"  {line}")
             stages = self.store.stages()
             todo = [r for r in range(self.cfg.rounds) if stages.get(r) != "done"]
             # the first round's candidates, while Ray starts and the MLIP workers load their model
@@ -277,6 +290,7 @@ class Campaign:
         metrics.update(self._confirm(r))  # slower oracles' requests (idempotent); waits only if configured
         metrics = {**self.store.round_metrics().get(r, {}), **metrics}
         metrics.update(self.results.round_metrics(r, results, self.proposer.names))
+        self.results.save_current(r)
         metrics.update(_timed(timings))
         t = time.perf_counter()
         rows = report.ranked(self.results)
@@ -398,7 +412,7 @@ class Campaign:
         `wait_timeout_s` set, holds the round until they are answered or that time passes."""
         metrics: dict[str, float] = {}
         slow = self._slow()
-        routes = (self._synthesis_routes() or {}) if slow else {}
+        routes = (report.synthesis_routes(self.results, self.tracker) or {}) if slow else {}
         for o in slow:
             cands = self.selector.confirm_picks(o, r)
             for c in cands:  # the route travels with the request
@@ -418,18 +432,8 @@ class Campaign:
         return metrics
 
     # -- the end ---------------------------------------------------------------------------
-    def _synthesis_routes(self) -> dict[str, list[dict]] | None:
-        """Solid-state routes for the best candidates (candidate id -> rows, best first), also
-        written to synthesis_routes.csv/.md in the run folder and to MLflow."""
-        paths: list[Path] = []
-        routes = report.synthesis_routes(self.results, paths)
-        if self.tracker is not None:
-            for p in paths:
-                self.tracker.log_artifact(p)
-        return routes
-
     def _final_report(self) -> None:
         self.writer.flush()  # the last round's files, beside the final report
         self.results.load_predictions()
-        paths = report.write_final(self.results, self.tracker, routes=self._synthesis_routes())
+        paths = report.write_final(self.results, self.tracker, routes=report.synthesis_routes(self.results, self.tracker))
         report.print_final(self.results, paths, self.tracker, echo=self.echo)

@@ -118,3 +118,14 @@ def record_config(store: KeyValueStore, config: Mapping[str, Any], round: int | 
     if before is None or changes:
         store.put(STORE_KEY, json.dumps(config, sort_keys=True, default=str))
     return changes
+
+
+def guard_resume(store, config_dump: Mapping[str, Any], rounds_done: int, allow: Iterable[str] = ()) -> None:
+    """Refuse an edited config whose changes alter results (unless `allow` names them; raises
+    ConfigError, one line per change), and record what changed from which round on."""
+    from xtalforge.config import ConfigError
+
+    problems = check_resume(stored_config(store), config_dump, allow)
+    if problems:
+        raise ConfigError(problems)
+    record_config(store, config_dump, round=rounds_done)

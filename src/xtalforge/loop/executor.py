@@ -30,6 +30,7 @@ import ray
 from pymatgen.core import Structure
 
 from xtalforge.generators.base import Generator
+from xtalforge.oracles.mlip.oracle import cluster_cpus, resolve_workers  # noqa: F401  (sizes the MLIP pool)
 from xtalforge.types import Candidate, RoundContext
 
 log = logging.getLogger(__name__)
@@ -132,17 +133,6 @@ def _watch_local_ray() -> None:
         log.warning("could not start the watcher for Ray's processes: %s", err)
 
 
-def cluster_cpus() -> int:
-    """CPUs the Ray cluster this process is connected to offers (at least 1)."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def resolve_workers(workers: int | str) -> int:
-    """MLIP actors to start: `workers` as given, or for "auto" one per CPU of the cluster
-    (each actor reserves one CPU), so a bigger cluster gets more actors."""
-    if workers == "auto":
-        return cluster_cpus()
-    return int(workers)
 
 
 # Generation runs while the MLIP actors sit idle between relaxations, so its tasks borrow

@@ -9,6 +9,7 @@ states `update` returns are committed by the campaign together with the round's 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -77,6 +78,8 @@ class Proposer:
         fresh: list[Candidate] = []
         lines: list[str] = []
         workers = getattr(self.cfg.screen_oracle(), "workers", 1)
+        if not isinstance(workers, int):  # "auto": as many as there are cores (Ray may not be up yet)
+            workers = os.cpu_count() or 2
         for gen in self.generators:
             n = counts[gen.name]
             t = time.perf_counter()

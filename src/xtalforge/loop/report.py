@@ -86,6 +86,7 @@ def ranked(c: CampaignResults) -> list[dict]:
     whether it matches a known material (`known_match`: its id, or "") and what the surrogate
     predicted for it when it was picked."""
     e_hull = c.hull.all_e_above_hull()
+    e_dft = c.e_above_hull_dft() if hasattr(c, "e_above_hull_dft") else {}
     cands = {x.id: x for x in c.store.candidates(ids=list(c.measured))}
     hits = c.hits()
     novel = c.novel(list(cands.values()))
@@ -106,6 +107,7 @@ def ranked(c: CampaignResults) -> list[dict]:
             "spacegroup": spacegroup(s) if m.status == Status.ok else "",
             "natoms": len(s),
             "e_above_hull": e_hull.get(cid, float("nan")),
+            "e_above_hull_dft": e_dft.get(cid, float("nan")),
             "e_form_per_atom": m.values.get("e_form_per_atom", float("nan")),
             "energy_per_atom": m.values.get("energy_per_atom", float("nan")),
             "density": m.values.get("density", float("nan")),
@@ -662,10 +664,10 @@ def print_final(c: CampaignResults, paths: dict, tracker: Tracker | None = None,
         echo(f"                  open it with: xtalforge ui {c.run_dir}")
 
 
-def synthesis_routes(c: CampaignResults, written: list[Path] | None = None) -> dict[str, list[dict]] | None:
+def synthesis_routes(c: CampaignResults, tracker: Tracker | None = None) -> dict[str, list[dict]] | None:
     """Solid-state routes for the best candidates: candidate id -> rows (reaction, precursors,
     by-products, reaction energy per atom), best first. Also written to synthesis_routes.csv
-    and .md in the run folder (their paths appended to `written`)."""
+    and .md in the run folder, and to MLflow with a `tracker`."""
     import logging
 
     scfg = c.cfg.synthesis
@@ -676,15 +678,17 @@ def synthesis_routes(c: CampaignResults, written: list[Path] | None = None) -> d
     e_hull = c.hull.all_e_above_hull()
     top = sorted(e_hull, key=e_hull.get)[: max(c.cfg.tracking.top_k, 1)]
     try:
-        rows = routes_table(targets_from_hull(c.hull, top), hull=c.hull, references=c.hull.references,
+        # one scale: targets and in-system precursors from the hull that decided stability
+        hull = getattr(c.hull, "primary", c.hull)
+        rows = routes_table(targets_from_hull(hull, top), hull=hull, references=hull.references,
                             precursors=scfg.precursors, per_target=scfg.routes_per_target)
     except Exception as err:  # a route planner problem must not lose the campaign's report
         logging.getLogger(__name__).warning("synthesis routes failed: %s", err)
         return None
     for writer, name in ((write_routes_csv, "synthesis_routes.csv"), (write_routes_markdown, "synthesis_routes.md")):
         path = writer(rows, c.run_dir / name)
-        if written is not None:
-            written.append(path)
+        if tracker is not None:
+            tracker.log_artifact(path)
     out: dict[str, list[dict]] = {}
     for row in rows:
         out.setdefault(row["candidate_id"], []).append(row)

@@ -16,23 +16,56 @@ import numpy as np
 
 from xtalforge.config import CampaignConfig
 from xtalforge.loop.store import CampaignStore
-from xtalforge.references.hull import Hull, gather_references, mp2020_entry
+from xtalforge.references.hull import Hull, mp2020_entry
+from xtalforge.references.hulls import ReferenceHulls
 from xtalforge.types import Candidate, Measurement, Status
 
 log = logging.getLogger(__name__)
 
 
-def build_hull(cfg: CampaignConfig, run_dir: Path) -> Hull:
-    """The campaign's convex hull before any of its own results: MP elemental references, the
-    config's reference files and (only with MP_API_KEY set, or a cache from an earlier fetch)
-    the system's Materials Project entries, cached beside the run folders."""
-    refs = gather_references(cfg.elements, cfg.hull.references, mp_api=None, cache_dir=Path(run_dir).parent / "mp_cache")
-    screen = cfg.screen_oracle()
-    model = getattr(screen, "model", "")
-    if model and not model.startswith("chgnet") and not refs:
-        log.warning("mlip.model %s is not on the Materials Project energy scale, but the hull only has MP "
-                    "elemental references: name references on the model's scale in hull.references", model)
-    return Hull(cfg.elements, refs)
+def known_materials(cfg: CampaignConfig, run_dir: Path):
+    """The system's known phases from the configured sources (`references.sources`, plus the
+    older `hull.references` entry files and `reference_structures` CIFs)."""
+    from xtalforge.references.known import default_sources, load_known
+
+    rc = cfg.references
+    sources = list(default_sources() if rc.sources is None else rc.sources)
+    sources += [*cfg.hull.references, *cfg.reference_structures]
+    return load_known(cfg.elements, sources, exclude_chemsys=rc.exclude_chemsys, strict=False,
+                      mp_cache_dir=Path(run_dir).parent / "mp_cache")
+
+
+def build_hull(cfg: CampaignConfig, run_dir: Path, known=None):
+    """The campaign's hulls before any of its own results (`references.hulls.ReferenceHulls`):
+    the DFT reference hull of the known phases and, when the screening oracle is an MLIP and
+    `references.oracle_consistent` is on, the known phases relaxed by that MLIP with the same
+    settings (cached across campaigns), on which hits are decided."""
+    from xtalforge.references.hulls import build_reference_hulls
+    from xtalforge.references.relaxed import model_key, relax_settings
+
+    known = known_materials(cfg, run_dir) if known is None else known
+    m = cfg.mlip
+    relax = None
+    if m is not None and cfg.screen_oracle() is m and cfg.references.oracle_consistent:
+        relaxer = []
+
+        def relax_with_the_oracles_model(structures):
+            # loaded only when the cache misses: a second campaign in the system pays nothing
+            if not relaxer:
+                from xtalforge.oracles.mlip.oracle import resolve_batched
+                from xtalforge.oracles.mlip.relax import Relaxer
+
+                relaxer.append(Relaxer(m.model, batched=resolve_batched(m.batched, m.model, "cpu"), threads=None,
+                                       model_options=m.model_options, max_batch=m.max_batch))
+            return relaxer[0].relax_many(list(structures), m.fmax, m.max_steps, m.relax_cell, m.timeout_s)
+
+        relax = relax_with_the_oracles_model
+
+    model = m.model if m is not None else ""
+    return build_reference_hulls(
+        known, relax, model_key(model) if relax else "", relax_settings(m.fmax, m.max_steps, m.relax_cell, m.model_options)
+        if relax else None, cfg.references.cache_dir, apply_mp2020=cfg.hull.mp2020_for(model) if m else False,
+        max_sites=cfg.references.max_sites, hit_threshold=cfg.hull.stable_threshold)
 
 
 def hull_entry(m: Measurement):
@@ -50,7 +83,7 @@ class CampaignResults:
     """The campaign's findings over its store and hull. `measured` holds the screening oracle's
     results by candidate id (insertion order: the order they landed); `by_oracle` every oracle's."""
 
-    def __init__(self, cfg: CampaignConfig, store: CampaignStore, run_dir: Path, hull: Hull):
+    def __init__(self, cfg: CampaignConfig, store: CampaignStore, run_dir: Path, hull: ReferenceHulls | Hull):
         self.cfg, self.store, self.run_dir, self.hull = cfg, store, Path(run_dir), hull
         self.screen = cfg.screen_oracle().name
         self.by_oracle: dict[str, dict[str, Measurement]] = {o.name: {} for o in cfg.oracle_specs()}
@@ -58,8 +91,11 @@ class CampaignResults:
         # the surrogate's (mean, stdev) of e_above_hull (eV/atom) at pick time, and the round
         self.predicted: dict[str, tuple[float, float]] = {}
         self.predicted_round: dict[str, int] = {}
-        self._references: list | None = None
-        self._novelty: dict[str, bool] = {}
+        self._known_index = None  # KnownStructures, built on first need
+        self._matches: dict[tuple[str, bool], str] = {}  # (candidate id, relaxed?) -> material id or ""
+        self._evaluated_index: dict[str, list[tuple[str, object]]] = {}  # formula -> (id, structure)
+        self._evaluated_seen: set[str] = set()
+        self._duplicates: dict[str, str] = {}  # pool candidate -> the evaluated one it repeats
 
     @classmethod
     def load(cls, cfg: CampaignConfig, store: CampaignStore, run_dir: Path) -> CampaignResults:
@@ -81,6 +117,8 @@ class CampaignResults:
             self.hull.add(m.candidate_id, entry)
             m.values["e_form_per_atom"] = self.hull.e_form_per_atom(entry)
             m.values["e_above_hull"] = self.hull.e_above_hull(entry)
+            if hasattr(self.hull, "e_above_hull_dft"):
+                m.values["e_above_hull_dft"] = self.hull.e_above_hull_dft(entry)
         new = self.store.add_measurement(m)
         self.by_oracle.setdefault(m.oracle, {})[m.candidate_id] = m
         return new
@@ -115,36 +153,99 @@ class CampaignResults:
         cands = {c.id: c for c in self.store.candidates(ids=ids)}
         return self.current([(cands[i], self.measured[i]) for i in ids if i in self.measured and i in cands])
 
-    def reference_structures(self) -> list:
-        """Known structures for the novelty check: CIFs the config names (`reference_structures`,
-        files or folders) plus the structures of hull reference entries that carry one."""
-        if self._references is None:
-            from xtalforge.loop.metrics import load_reference_structures
+    def known_index(self):
+        """The known structures a candidate is matched against: every known phase of the system
+        with a structure (snapshot, mp-api, user files) and the same phases as the MLIP relaxed
+        them, under the same material id."""
+        if self._known_index is None:
+            from xtalforge.references.novelty import KnownStructures
 
-            refs = load_reference_structures(self.cfg.reference_structures)
-            refs += [e.structure for e in self.hull.references if getattr(e, "structure", None) is not None]
-            self._references = refs
-        return self._references
+            hull = self.hull
+            index = KnownStructures(getattr(getattr(hull, "known", None), "phases", ()))
+            relaxed = getattr(hull, "relaxed", None)
+            for e in (relaxed.entries if relaxed is not None else ()):
+                if getattr(e, "structure", None) is not None:
+                    index.add(str(e.entry_id), e.structure)
+            self._known_index = index
+        return self._known_index
+
+    def known_match(self, c: Candidate) -> str:
+        """The material id of the known phase `c` is ('' when none): its relaxed structure once
+        the screening oracle measured it, its proposed structure before."""
+        m = self.measured.get(c.id)
+        relaxed = m is not None and m.status == Status.ok and m.relaxed is not None
+        key = (c.id, relaxed)
+        if key not in self._matches:
+            self._matches[key] = self.known_index().match(m.relaxed if relaxed else c.structure)
+        return self._matches[key]
+
+    def known_matches(self) -> dict[str, str]:
+        """Evaluated candidate id -> the material id of the known phase it is ('' for a new one)."""
+        cands = self.store.candidates(ids=list(self.measured))
+        return {c.id: self.known_match(c) for c in cands}
 
     def novel(self, cands: Sequence[Candidate]) -> set[str]:
-        """Ids among `cands` that match no reference structure (cached: a verdict never changes)."""
-        from xtalforge.loop.metrics import novel_ids
+        """Ids among `cands` that match no known phase (a match is a rediscovery, never new)."""
+        return {c.id for c in cands if not self.known_match(c)}
 
-        todo = [c for c in cands if c.id not in self._novelty]
-        if todo:
-            new = novel_ids(todo, self.reference_structures())
-            self._novelty.update({c.id: c.id in new for c in todo})
-        return {c.id for c in cands if self._novelty[c.id]}
+    def repeats_of_evaluated(self, cands: Sequence[Candidate]) -> dict[str, str]:
+        """Among `cands` (not yet evaluated), those that StructureMatcher matches to the starting
+        or the relaxed structure of a candidate the screening oracle already evaluated: id ->
+        that candidate's id. An oracle call on them would be spent on a structure seen before."""
+        from xtalforge.references.novelty import KnownStructures
+
+        new = [k for k in self.measured if k not in self._evaluated_seen]
+        if new:
+            starts = {c.id: c.structure for c in self.store.candidates(ids=new)}
+            for k in new:
+                m = self.measured[k]
+                for s in (starts.get(k), m.relaxed if m.status == Status.ok else None):
+                    if s is not None:
+                        self._evaluated_index.setdefault(s.composition.reduced_formula, []).append((k, s))
+                self._evaluated_seen.add(k)
+            self._checked_against = {}  # every pool candidate is checked again, against the grown index
+        out = {}
+        checked = getattr(self, "_checked_against", {})
+        for c in cands:
+            if c.id in self._duplicates:
+                out[c.id] = self._duplicates[c.id]
+                continue
+            refs = self._evaluated_index.get(c.structure.composition.reduced_formula, [])
+            done = checked.get(c.id, 0)
+            if done < len(refs):
+                hit = KnownStructures(refs[done:]).match(c.structure)
+                checked[c.id] = len(refs)
+                if hit:
+                    self._duplicates[c.id] = out[c.id] = hit
+        self._checked_against = checked
+        return out
+
+    def stable(self, e_hull: dict[str, float] | None = None) -> list[str]:
+        """Evaluated candidates within hull.stable_threshold (eV/atom) of the current hull."""
+        e_hull = self.e_above_hull() if e_hull is None else e_hull
+        return [k for k, v in e_hull.items() if v <= self.cfg.hull.stable_threshold + 1e-9]
 
     def hits(self, e_hull: dict[str, float] | None = None) -> set[str]:
-        """Evaluated candidates that are stable within hull.stable_threshold, unique and novel."""
+        """Evaluated candidates that are stable, unique and new: stable within
+        hull.stable_threshold and matching no known phase."""
         from xtalforge.loop.metrics import hit_ids
 
         e_hull = self.e_above_hull() if e_hull is None else e_hull
-        thr = self.cfg.hull.stable_threshold
-        stable = [k for k, v in e_hull.items() if v <= thr + 1e-9]
+        stable = self.stable(e_hull)
         novel = self.novel(self.store.candidates(ids=stable)) if stable else set()
-        return set(hit_ids(e_hull, novel, thr))
+        return set(hit_ids(e_hull, novel, self.cfg.hull.stable_threshold))
+
+    def rediscovered(self, e_hull: dict[str, float] | None = None) -> dict[str, str]:
+        """Stable evaluated candidates that are known phases: id -> material id."""
+        stable = self.stable(e_hull)
+        cands = self.store.candidates(ids=stable) if stable else []
+        return {c.id: mid for c in cands if (mid := self.known_match(c))}
+
+    def e_above_hull_dft(self) -> dict[str, float]:
+        """Candidate id -> e_above_hull (eV/atom) against the DFT reference hull (MP energies of
+        the known phases), where one is built."""
+        dft = getattr(self.hull, "dft", None)
+        return dft.all_e_above_hull() if dft is not None else {}
 
     def objectives(self) -> tuple[list[str], list[bool]]:
         """(names, minimize flags) of the objectives behind the hypervolume and the Pareto
@@ -168,6 +269,18 @@ class CampaignResults:
             if np.all(np.isfinite(row)):
                 out[c.id] = row
         return out
+
+    def describe(self) -> list[str]:
+        """What the hulls hold and which references decided "stable" and "novel"."""
+        return self.hull.describe() if hasattr(self.hull, "describe") else []
+
+    def save_current(self, r: int) -> None:
+        """e_above_hull of every evaluated candidate against the hulls as they stand after round
+        r (eV/atom; oracle-consistent and DFT): the values in the measurements are those at
+        measurement time, which go stale as the hull moves."""
+        e_hull, e_dft = self.e_above_hull(), self.e_above_hull_dft()
+        self.store.save_state("e_above_hull_current", r,
+                              {k: [v, e_dft.get(k, float("nan"))] for k, v in e_hull.items()})
 
     # -- the surrogate's predictions at pick time ------------------------------------------
     def load_predictions(self) -> None:
@@ -207,6 +320,7 @@ class CampaignResults:
             f"failed_total_{s}": float(sum(m.status != Status.ok for m in self.measured.values())),
             "sun_count": float(len(hits)),
             "sun_rate": float(len(hits) / evals) if evals else 0.0,
+            "rediscovered_count": float(len(self.rediscovered(e_hull))),
             "best_e_above_hull": float(min(e_hull.values())) if e_hull else float("nan"),
             "ok_total": float(len(ok)),
         }

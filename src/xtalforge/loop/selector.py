@@ -82,6 +82,11 @@ class Selector:
         chosen = set(self.store.selected(screen))
         pool_ids, X_pool = pool_matrix([i for i in all_ids if i not in chosen and i not in measured], feats)
         metrics: dict[str, float] = {"pool_size": float(len(pool_ids))}
+        repeats = self.results.repeats_of_evaluated(self.store.candidates(ids=pool_ids))
+        if repeats:  # never spend an oracle call on a structure already evaluated, as start or result
+            keep = np.array([i not in repeats for i in pool_ids])
+            pool_ids, X_pool = [i for i, k in zip(pool_ids, keep) if k], X_pool[keep]
+            metrics["pool_repeats_of_evaluated"] = float(len(repeats))
         if self.synth is not None and pool_ids:
             pool_ids, X_pool = self._synth_filter(pool_ids, X_pool, metrics)
         if not pool_ids:

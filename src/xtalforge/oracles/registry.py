@@ -22,9 +22,9 @@ class TableOptions(BaseModel):
 
 
 def _mlip(opts: MLIPConfig, ctx: OracleContext) -> Oracle:
-    from xtalforge.oracles.mlip.oracle import MLIPOracle
+    from xtalforge.oracles.mlip.oracle import MLIPOracle, resolve_workers
 
-    return MLIPOracle(None, name=opts.name, workers=opts.workers, fmax=opts.fmax, max_steps=opts.max_steps,
+    return MLIPOracle(None, name=opts.name, workers=resolve_workers(opts.workers), fmax=opts.fmax, max_steps=opts.max_steps,
                       relax_cell=opts.relax_cell, timeout_s=opts.timeout_s,
                       apply_mp2020=ctx.config.hull.mp2020_for(opts.model), model=opts.model,
                       model_options=opts.model_options, batched=opts.batched, max_batch=opts.max_batch,

@@ -140,7 +140,7 @@ class FormationEnergies:
             return 0.0, "element (reference state)"
         e = self._from_hull(comp)
         if e is not None:
-            return float(e), "campaign hull"
+            return float(e), "campaign hull (the MLIP's energies, known phases relaxed by it)"
         return self._refs.get(comp.reduced_formula) or self._table.get(comp.reduced_formula)
 
 

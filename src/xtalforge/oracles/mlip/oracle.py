@@ -70,6 +70,19 @@ def cluster_device(device: str = "auto") -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
 
 
+def cluster_cpus() -> int:
+    """CPUs the Ray cluster this process is connected to offers (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def resolve_workers(workers: int | str) -> int:
+    """MLIP actors to start: `workers` as given, or for "auto" one per CPU of the cluster
+    (each actor reserves one CPU), so a bigger cluster gets more actors."""
+    if workers == "auto":
+        return cluster_cpus()
+    return int(workers)
+
+
 def resolve_batched(batched: bool | str, model: str, device: str) -> bool:
     """Whether to relax in batches. Only CHGNet has the batched engine. 'auto' takes it on every
     device: on CPU it measured faster than one-at-a-time FIRE (BENCHMARKS.md, mlip_relax), and
