@@ -50,7 +50,9 @@ def _table_features(df, exclude: set[str]) -> tuple[np.ndarray, list[str]]:
     return df[cols].to_numpy(dtype=float), cols
 
 
-def _features(args, df, cands, log) -> tuple[np.ndarray, str]:
+def _features(args, cands) -> tuple[np.ndarray, str]:
+    """Features of the candidates by `args.featurizer`, and a line saying what they are. The
+    variants beyond the config's featurizers are the ablations in BENCHMARKS.md."""
     from xtalforge.model.descriptors import featurize, local_embed
 
     structures = [c.structure for c in cands]
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         what = f"the table's {len(cols)} numeric columns"
     else:
         cands, _ = load_pool(df)
-        X, what = _features(args, df, cands, None)
+        X, what = _features(args, cands)
     known = None
     if known_df is not None and args.drop_known:
         known_df = None
