@@ -101,3 +101,18 @@ def test_features_only_table_and_multi_fidelity(data_dir):
 def test_calibration_counts_errors_within_sigma():
     c = calibration(np.zeros(4), np.ones(4), np.array([0.5, 1.5, -2.5, 0.0]))
     assert c == {"within_1sigma": 0.5, "within_2sigma": 0.75, "mae": 1.125}
+
+
+def test_script_logs_calibration_per_round_to_mlflow(data_dir, tmp_path, capsys):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = _script().main(["--data", str(data_dir / "camd_oqmd_featurized" / "test_df.csv"), "--target", "delta_e",
+                         "--minimize", "--seeds", "1", "--limit", "200", "--budget", "24", "--quiet",
+                         "--mlflow", uri])
+    assert rc == 0
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["backtest"])
+    assert len(runs) == 1 and runs["params.featurizer"][0] == "table"
+    history = mlflow.tracking.MlflowClient().get_metric_history(runs.run_id[0], "heldout_within_2sigma")
+    assert history and all(0.0 <= m.value <= 1.0 for m in history) and history[0].step >= 1
