@@ -60,8 +60,6 @@ def test_pareto_and_hypervolume_on_a_hand_worked_front():
     # staircase under ref (3, 4): (3-0)*(4-3) + (3-1)*(3-1) + (3-2)*(1-0) = 3 + 4 + 1
     assert M.hypervolume_2d(pts, (3.0, 4.0)) == pytest.approx(8.0)
     assert M.hypervolume_2d(np.array([[5.0, 5.0]]), (3.0, 4.0)) == 0.0
-    # e_above_hull 0.1 and p_synth 0.8 against (0.5, 0): a 0.4 x 0.8 rectangle
-    assert M.e_hull_p_synth_hypervolume([0.1], [0.8]) == pytest.approx(0.32)
 
 
 def test_hypervolume_in_three_objectives_and_reference_points():
@@ -76,24 +74,18 @@ def test_hypervolume_in_three_objectives_and_reference_points():
 
 
 def test_novelty_against_reference_cifs(test_cifs):
+    from xtalforge.references.novelty import KnownStructures
+
     folder = test_cifs / "pymatgen_test_structures"
-    refs = M.load_reference_structures([folder / "SrTiO3.cif", folder / "TiO2.cif"])
-    sto = Structure.from_file(folder / "SrTiO3.cif")
-    sup = sto.copy()
+    index = KnownStructures([("sto", Structure.from_file(folder / "SrTiO3.cif")),
+                             ("tio2", Structure.from_file(folder / "TiO2.cif"))])
+    sup = Structure.from_file(folder / "SrTiO3.cif")
     sup.make_supercell([2, 1, 1])
     known = Candidate(sup, source="g", round=0)  # the same crystal in a doubled cell
     other = Candidate(Structure.from_file(folder / "Li2O.cif"), source="g", round=0)
-    assert M.novel_ids([known, other], refs) == {other.id}
-    assert M.novel_ids([known, other], []) == {known.id, other.id}  # no references: novel = unique
-    hits = M.hit_ids({known.id: -0.1, other.id: 0.0}, M.novel_ids([known, other], refs), 0.0)
-    assert hits == [other.id]
-    with pytest.raises(FileNotFoundError):
-        M.load_reference_structures([folder / "missing.cif"])
-
-
-def test_discovery_series_counts_hits_in_landing_order():
-    calls, found = M.discovery_series(["a", "b", "c", "d"], {"b", "d"})
-    assert calls.tolist() == [1, 2, 3, 4] and found.tolist() == [0, 1, 1, 2]
+    assert index.match(known.structure) == "sto" and index.match(other.structure) == ""
+    novel = {c.id for c in (known, other) if not index.match(c.structure)}
+    assert M.hit_ids({known.id: -0.1, other.id: 0.0}, novel, 0.0) == [other.id]
 
 
 def test_predictions_survive_a_new_campaign_object(tmp_path):

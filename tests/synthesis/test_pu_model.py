@@ -7,7 +7,7 @@ import pytest
 from pymatgen.core import Composition, Lattice, Structure
 from sklearn.metrics import roc_auc_score
 
-from xtalforge.synthesis.metrics import feasible_mask, synth_metrics, weighted_acquisition
+from xtalforge.synthesis.metrics import feasible_mask, synth_metrics
 from xtalforge.synthesis.model import PUSynthesizabilityModel, cross_validate, synthetic_unlabeled
 from xtalforge.types import Candidate
 
@@ -105,7 +105,6 @@ def test_synth_metrics_and_hooks():
     assert m["p_synth_frac_ok"] == pytest.approx(0.5)
     assert np.isnan(synth_metrics(np.array([]))["p_synth_mean"])
     assert feasible_mask(p, 0.5).tolist() == [False, False, True, True]
-    assert weighted_acquisition(np.array([1.0, 1.0, 2.0, 0.0]), p).tolist() == pytest.approx([0.1, 0.4, 1.2, 0.0])
 
 
 def test_exported_trees_match_sklearn():

@@ -1,4 +1,4 @@
-"""Campaign-level numbers behind the dashboard: novelty, hits, Pareto fronts, hypervolume.
+"""Campaign-level numbers behind the dashboard: hits, Pareto fronts, hypervolume.
 
 Pure functions over plain data, so each is tested on its own; the campaign feeds them.
 """
@@ -6,14 +6,9 @@ Pure functions over plain data, so each is tested on its own; the campaign feeds
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
-from pymatgen.core import Structure
-
-from xtalforge.loop.dedup import is_novel
-from xtalforge.types import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -21,35 +16,6 @@ log = logging.getLogger(__name__)
 # is far from synthesizable), and p_synth is measured from 0.
 HV_REF_E_HULL = 0.5
 HV_REF_P_SYNTH = 0.0
-
-
-def load_reference_structures(paths: Iterable[str | Path]) -> list[Structure]:
-    """Structures from CIF files, or from every *.cif in a folder, for the novelty check.
-
-    A file that does not parse is skipped with a warning: one bad reference must not stop a
-    campaign, and it only makes the novelty check more generous.
-    """
-    out: list[Structure] = []
-    for p in map(Path, paths):
-        files = sorted(p.glob("**/*.cif")) if p.is_dir() else [p]
-        if not files or not all(f.is_file() for f in files):
-            raise FileNotFoundError(f"reference structures: {p} has no CIF files")
-        for f in files:
-            try:
-                out.append(Structure.from_file(f))
-            except Exception as err:
-                log.warning("reference structure %s skipped: %s", f, err)
-    return out
-
-
-def novel_ids(cands: Sequence[Candidate], references: Sequence[Structure]) -> set[str]:
-    """Ids of candidates that match no reference structure; with no references, all of them."""
-    if not references:
-        return {c.id for c in cands}
-    by_formula: dict[str, list[Structure]] = {}
-    for s in references:
-        by_formula.setdefault(s.composition.reduced_formula, []).append(s)
-    return {c.id for c in cands if is_novel(c.structure, by_formula.get(c.formula, []))}
 
 
 def hit_ids(e_above_hull: dict[str, float], novel: set[str], threshold: float) -> list[str]:
@@ -121,14 +87,3 @@ def reference_point(names: Sequence[str], minimize: Sequence[bool], values: np.n
     return np.asarray(ref)
 
 
-def e_hull_p_synth_hypervolume(e_hull: Sequence[float], p_synth: Sequence[float]) -> float:
-    """Hypervolume of (e_above_hull minimized, p_synth maximized), in eV/atom x probability."""
-    pts = np.column_stack([np.asarray(e_hull, float), -np.asarray(p_synth, float)])
-    return hypervolume_2d(pts, (HV_REF_E_HULL, -HV_REF_P_SYNTH))
-
-
-def discovery_series(order: Sequence[str], hits: set[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(oracle calls, hits found) after each call, for evaluations in the order they landed."""
-    calls = np.arange(1, len(order) + 1)
-    found = np.cumsum([cid in hits for cid in order]) if len(order) else np.zeros(0, int)
-    return calls, found
