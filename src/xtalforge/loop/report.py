@@ -299,7 +299,8 @@ def write_record(rec: RoundRecord, tracker: Tracker | None) -> None:
             tracker.log_artifact(rec.config)
         for name, path in figs.items():
             tracker.log_image(path, key=PLOTS[name], step=rec.round)
-        tracker.set_description(run_description(rec.summary, tracker.experiment_id, tracker.run_id))
+        tracker.set_description(run_description(rec.summary, tracker.experiment_id, tracker.run_id),
+                                rank=(rec.round, 0))
 
 
 class RecordWriter:
@@ -459,7 +460,8 @@ def write_final(c: CampaignResults, tracker: Tracker | None,
         m = c.store.round_metrics()
         if m:
             summary = round_summary(c, max(m), m[max(m)], rows) | {"final": True}
-            tracker.set_description(run_description(summary, tracker.experiment_id, tracker.run_id))
+            tracker.set_description(run_description(summary, tracker.experiment_id, tracker.run_id),
+                                    rank=(max(m), 1))
     return {"csv": c.run_dir / "candidates.csv", "cifs": c.run_dir / "top_cifs", "n_cifs": len(cifs),
             "report_md": md, "report_html": html}
 
@@ -646,7 +648,9 @@ def print_final(c: CampaignResults, paths: dict, tracker: Tracker | None = None,
     from rich.table import Table
 
     rows = [d for d in ranked(c) if d["status"] == "ok"][:10]
-    t = Table(title=f"Best candidates, {c.cfg.chemsys} (e_above_hull vs. MP elements + this campaign)")
+    against = ("the known phases relaxed by the MLIP" if getattr(c.hull, "oracle", None) is not None
+               else "the known phases' DFT energies")
+    t = Table(title=f"Best candidates, {c.cfg.chemsys} (e_above_hull vs. {against} + this campaign)")
     for col in ("rank", "formula", "space group", "e_above_hull (eV/atom)", "e_form (eV/atom)", "hit",
                 "new or known", "source", "round"):
         t.add_column(col)
