@@ -210,7 +210,8 @@ def plot_inputs(c: CampaignResults, rows: list[dict]) -> dict[str, Callable[[Pat
              [d["hit"] for d in seq], [d["evaluated_round"] for d in seq])
     # the hull replaces (never edits) its PhaseDiagram when an entry arrives: a reference is a snapshot
     hull = (c.hull.phase_diagram, dict(c.hull.campaign), c.hull.all_e_above_hull())
-    hull_title = f"Convex hull of {c.cfg.chemsys} (MP elements + this campaign)"
+    hull_title = (f"Convex hull of {c.cfg.chemsys} (known phases relaxed by the MLIP + this campaign)"
+                  if getattr(c.hull, "oracle", None) is not None else f"Convex hull of {c.cfg.chemsys} (known phases + this campaign)")
     pareto = _pareto_inputs(c, ok)
     parity = ([d["e_above_hull"] for d in predicted], [d["pred_e_above_hull"] for d in predicted],
               [d["pred_e_above_hull_std"] for d in predicted], [d["evaluated_round"] for d in predicted])
