@@ -38,7 +38,7 @@ def test_pretrain_writes_a_checkpoint_and_an_mlflow_run(tmp_path, test_cifs, cap
     assert sorted(m.step for m in nll) == [0, 1, 2]
     assert nll[-1].value < nll[0].value  # it learns
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-    assert arts == {"checkpoint/model.pt", "checkpoint/model.json"}
+    assert arts == {"checkpoint/model.pt", "checkpoint/model.json", "checkpoint/CARD.md"}
 
 
 def test_pretrain_rejects_a_csv_without_cifs(tmp_path, capsys):
