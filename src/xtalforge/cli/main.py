@@ -226,23 +226,26 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_ui(a: argparse.Namespace) -> int:
-    """`mlflow ui` on a campaign's tracking store, artifacts served from where it wrote them."""
+    """`mlflow ui` on a campaign's tracking store, artifacts served from where it wrote them;
+    prints the address of the campaign's run in MLflow's model-training view (MLflow 3 opens
+    experiments in its GenAI view otherwise)."""
     import subprocess
 
     from xtalforge.config import ConfigError
-    from xtalforge.loop.tracking import ui_command, ui_target
+    from xtalforge.loop.tracking import ui_command, ui_page, ui_target
 
+    run_dir = _resolve_run(a.run) if a.run else None
     try:
-        uri, root = ui_target(_resolve_run(a.run) if a.run else None, a.tracking_uri)
+        uri, root = ui_target(run_dir, a.tracking_uri)
     except (FileNotFoundError, ConfigError) as err:
         return _fail([str(err)], EXIT_FAILED)
     if uri.startswith(("http://", "https://")):
         # a remote server already is the UI: starting a second one would show the same data
-        print(f"this campaign logs to the MLflow server at {uri}; open that address in a browser")
+        print(f"this campaign logs to the MLflow server at {uri}; open {ui_page(uri, uri, run_dir)}")
         return 0
     cmd = ui_command(uri, a.host, a.port, root)
     print(" ".join(cmd))
-    print(f"MLflow UI at http://{a.host}:{a.port} (Ctrl-C stops it)")
+    print(f"MLflow UI at {ui_page(f'http://{a.host}:{a.port}', uri, run_dir)} (Ctrl-C stops it)")
     return subprocess.call(cmd)
 
 
