@@ -23,6 +23,7 @@ from xtalforge.loop.tracking import (
     metrics_markdown,
     round_metric_names,
     ui_command,
+    ui_page,
     undocumented,
     ui_target,
 )
@@ -162,6 +163,10 @@ def test_tracker_run_tags_params_resume_and_images(tmp_path):
     assert [m.step for m in client.get_metric_history(run_id, "discovery/hits")] == [1, 2]
     assert tr2.logged_steps("sun_count") == {0, 1}
     assert len(client.search_runs([tr.experiment_id])) == 1
+    # `xtalforge ui` opens the run in MLflow's model-training view, not the GenAI one
+    assert ui_page("http://127.0.0.1:5000", tr.uri, run) == (
+        f"http://127.0.0.1:5000/#/experiments/{tr.experiment_id}/runs/{run_id}?workflowType=machine_learning")
+    assert ui_page("http://h:1", tr.uri, None) == "http://h:1/#/?workflowType=machine_learning"
 
 
 def test_xtalforge_ui_points_at_a_remote_server_instead_of_starting_one(tmp_path, capsys):

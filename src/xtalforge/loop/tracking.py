@@ -133,6 +133,12 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
     # acquisition
     MetricSpec("pool_size", "count", EVERY, "candidates not yet picked, the acquisition's choice set",
                key="selection/pool_size"),
+    MetricSpec("pool_repeats_of_evaluated", "count", "rounds whose pool held such candidates",
+               "pool candidates StructureMatcher matches to the start or the result of an evaluated "
+               "candidate: left out, no oracle call is spent on them", key="selection/repeats_left_out"),
+    MetricSpec("pool_size_synthesizable", "count", "campaigns with a synthesis model used as a constraint",
+               "pool candidates with p_synth >= synthesis.min_p_synth, the ones the acquisition chose from",
+               key="selection/pool_size_synthesizable"),
     MetricSpec("acquisition_method_is_model", "0/1", EVERY, "1 when the surrogate picked, 0 for a model-free pick",
                key="selection/model_picked"),
     # evaluation and results
@@ -153,6 +159,9 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("sun_count", "count", EVERY,
                "hits so far: stable (e_above_hull <= hull.stable_threshold), unique and novel",
                key="discovery/hits"),
+    MetricSpec("rediscovered_count", "count", EVERY,
+               "stable evaluated candidates that match a known material: rediscoveries, never hits",
+               key="discovery/rediscovered"),
     MetricSpec("sun_rate", "fraction", EVERY, "sun_count / evaluations_total",
                key="discovery/hits_per_call"),
     MetricSpec("best_e_above_hull", "eV/atom", EVERY, "lowest e_above_hull of any evaluated candidate, current hull",
@@ -437,6 +446,7 @@ class Tracker:
         self._warned = False
         self._down_until = 0.0
         self._unsent: list = []  # mlflow Metric objects not yet accepted by the store
+        self._description_rank: tuple = ()  # see set_description
         self._connect()
 
     # -- failure handling ------------------------------------------------------------------
@@ -570,8 +580,14 @@ class Tracker:
         if self.ok:
             self._call(f"set tag {key}", lambda: self.client.set_tag(self.run_id, key, value[:5000]), None)
 
-    def set_description(self, markdown: str) -> None:
-        """The run's description: the UI shows it at the top of the run page."""
+    def set_description(self, markdown: str, rank: tuple = ()) -> None:
+        """The run's description: the UI shows it at the top of the run page. With a `rank`
+        (e.g. (round, 0) for a round, (round, 1) for the final summary), a description ranked
+        below the one already set is dropped: a round's files written in the background after
+        the final report must not replace its summary."""
+        if rank and rank < self._description_rank:
+            return
+        self._description_rank = max(self._description_rank, rank)
         self.set_tag("mlflow.note.content", markdown)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
@@ -716,3 +732,26 @@ def local_artifact_root(uri: str, recorded: str) -> str:
     if there != here and here.is_dir():
         return here.as_uri()
     return recorded
+
+
+def ui_page(base: str, uri: str, run_dir: Path | None) -> str:
+    """The address to open in the MLflow UI at `base`: the campaign's run in `run_dir` (its id
+    from the campaign store, its experiment from the tracking store `uri`) in the model-training
+    view; without a run folder, or when either store cannot say, the experiments list."""
+    run_id = experiment_id = None
+    if run_dir is not None and (Path(run_dir) / "store.db").is_file():
+        try:
+            from xtalforge.loop.store import CampaignStore, store_problem
+
+            if store_problem(Path(run_dir) / "store.db") is None:
+                st = CampaignStore(f"sqlite:///{(Path(run_dir) / 'store.db').resolve()}")
+                run_id = st.get("mlflow_run_id")
+                st.close()
+            if run_id:
+                from mlflow.tracking import MlflowClient
+
+                experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+        except Exception as err:  # the address is a convenience: the UI still starts
+            log.info("could not find the campaign's MLflow run: %s", err)
+            run_id = experiment_id = None
+    return ui_url(base, experiment_id, run_id if experiment_id else None)
