@@ -1,198 +1,281 @@
 #!/usr/bin/env python
-"""Does the loop discover more than search alone?
+"""Leave-system-out rediscovery: does the loop find a system's known ground states faster than search?
 
-Same chemical system, same number of MLIP relaxations, several seeds, three methods:
-  loop       the full loop (all search generators, bandit, GP + qLogNEI, generator updates)
-  no_update  the same loop with generator updates switched off
-  random     random structure search: random_symmetric generator, random selection,
-             no surrogate, no updates
-SUN (stable, unique, novel): e_above_hull <= 0 against the hull of all methods' results pooled
-(plus MP elemental references; CHGNet energies are on the MP2020-corrected scale), unique within the method
-(StructureMatcher), novel against the reference structures (--reference CIFs; by default the
-shared test CIFs inside the system).
+For each ternary system A-B-C the targets are its ternary phases on the MP-20 DFT hull (the
+hull of the snapshot's MP-20 entries) with at most --max-atoms sites and a structure in the
+snapshot. Every A-B-C ternary entry is hidden from what the campaign sees
+(`references.exclude_chemsys`: its hulls and novelty; the substitution generator's known
+prototypes); binaries and elements stay. A target is rediscovered when a relaxed candidate
+matches it (StructureMatcher, default tolerances).
 
-    benchmarks/discovery.py --chemsys Ca-Ti-O --relaxations 60 --seeds 3
+Methods, at the same number of MLIP relaxations:
+  loop       random_symmetric + substitution + evolutionary, bandit, GP + qLogNEI, generator updates
+  no_update  the same with generators and bandit frozen
+  random     random_symmetric only, random picks, no surrogate, no updates
+`--saps` gives loop and no_update's substitution generator prototypes from the whole snapshot
+(`prototypes: known`), drawn by ionic-substitution probability, the target system left out.
 
-The last line printed is `sun_rate_ratio=<loop SUN rate / random SUN rate>`.
+Per method: targets rediscovered per system and seed, relaxations until each rediscovery, new SUN
+per 100 relaxations (stable against the full oracle-consistent hull, targets included, plus the
+run's own results; unique within the run; matching no known phase), and the share of relaxations
+ending within 50 meV/atom of that hull.
+
+    benchmarks/discovery.py --chemsys Sr-Ti-O --chemsys Ba-O-Sn --max-atoms 12 --relaxations 48 --seeds 2
+
+The last line printed is `rediscovery_ratio=X`, X = (loop total + 1) / (random total + 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import logging
 import statistics
 import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 warnings.filterwarnings("ignore")
 logging.basicConfig(level=logging.ERROR)
 
-from pymatgen.core import Structure  # noqa: E402
-
 from xtalforge.config import parse_config  # noqa: E402
-from xtalforge.generators.registry import REGISTRY  # noqa: E402
-from xtalforge.loop.campaign import Campaign  # noqa: E402
-from xtalforge.loop.dedup import Deduplicator, is_novel  # noqa: E402
-from xtalforge.loop.executor import start_ray  # noqa: E402
-from xtalforge.loop.store import CampaignStore  # noqa: E402
-from xtalforge.references.hull import Hull, mp2020_entry  # noqa: E402
+from xtalforge.loop.dedup import Deduplicator  # noqa: E402
+from xtalforge.references.hull import Hull  # noqa: E402
+from xtalforge.references.known import KnownMaterialsError, KnownPhase, load_known, parse_chemsys  # noqa: E402
+from xtalforge.references.novelty import KnownStructures  # noqa: E402
+from xtalforge.references.snapshot import chemsys_of  # noqa: E402
 from xtalforge.types import Candidate, Status  # noqa: E402
 
-from round_time import share  # noqa: E402  (benchmarks/, beside this script)
+SHOWCASE = ("Sr-Ti-O", "Cu-O-Sr", "Bi-Na-O", "Ba-O-Sn")  # several small MP-20 ground states each
+SEARCH_GENERATORS = ("random_symmetric", "substitution", "evolutionary")
+METHODS = ("loop", "no_update", "random")
 
-SEARCH_GENERATORS = [g for g in ("random_symmetric", "substitution", "evolutionary") if g in REGISTRY]
+
+def rediscovery_targets(chemsys: str, max_atoms: int, hull_tol: float = 1e-6) -> list[KnownPhase]:
+    """The phases of exactly `chemsys` (e.g. 'Sr-Ti-O', all its elements) on the MP-20 DFT hull
+    (within `hull_tol` eV/atom; the hull of the snapshot's MP-20 entries and MP's elemental
+    references) with a structure of at most `max_atoms` sites, smallest first."""
+    elements = parse_chemsys(chemsys)
+    known = load_known(elements, ["snapshot"])
+    mp20 = [p for p in known.with_energy() if p.source == "mp20"]
+    hull = Hull(elements, [p.entry() for p in mp20])
+    full = chemsys_of(elements)
+    out = [p for p in mp20 if p.chemsys == full and p.structure is not None and len(p.structure) <= max_atoms
+           and hull.e_above_hull(p.entry()) <= hull_tol]
+    return sorted(out, key=lambda p: (len(p.structure), p.formula, p.material_id))
 
 
-def method_config(method: str, elements: list[str], relaxations: int, batch: int, seed: int, out: Path,
-                  max_atoms: int, max_steps: int) -> dict:
-    gens = SEARCH_GENERATORS if method != "random" else ["random_symmetric"]
+def method_config(method: str, chemsys: str, relaxations: int, batch: int, seed: int, out: Path, max_atoms: int,
+                  max_steps: int, saps: bool) -> dict:
+    """The campaign config of one method on one system; the system's own ternaries hidden."""
+    elements = list(parse_chemsys(chemsys))
+    if method == "random":
+        gens = [{"name": "random_symmetric"}]
+    else:
+        gens = [{"name": g} for g in SEARCH_GENERATORS]
+        if saps:
+            for g in gens:
+                if g["name"] == "substitution":
+                    g["options"] = {"prototypes": "known", "exclude_chemsys": [chemsys]}
     return dict(
-        name=f"{method}-s{seed}",
+        name=f"{method}{'-saps' if saps and method != 'random' else ''}-{chemsys}-s{seed}",
         chemical_system=elements,
         max_atoms=max_atoms,
         rounds=max(1, relaxations // batch),
         proposals_per_round=60,
         seed=seed,
         update_generators=method == "loop",
-        generators=[{"name": g} for g in gens],
+        generators=gens,
         acquisition={"kind": "random" if method == "random" else "qlognei", "batch_size": batch},
         mlip={"workers": 2, "max_steps": max_steps},
-        tracking={"uri": f"sqlite:///{out}/mlflow.db", "experiment": "discovery-benchmark"},
+        references={"sources": ["snapshot"], "exclude_chemsys": [chemsys]},
+        tracking={"uri": f"sqlite:///{out}/mlflow.db", "experiment": "rediscovery-benchmark"},
         output_dir=str(out / "runs"),
     )
 
 
-def reference_structures(elements: set[str], folder: Path | None) -> list[Structure]:
-    out = []
-    if folder and folder.is_dir():
-        for p in sorted(folder.rglob("*.cif")):
-            try:
-                s = Structure.from_file(p)
-            except Exception:
-                continue
-            if s.is_ordered and {e.symbol for e in s.composition.elements} <= elements:
-                out.append(s)
+@dataclass
+class RunScore:
+    """One campaign scored: targets found (material id -> relaxations until the first match,
+    1-based), relaxations spent, new SUN and relaxations within `near` eV/atom of the hull."""
+
+    method: str
+    chemsys: str
+    seed: int
+    relaxations: int = 0
+    found: dict[str, int] = field(default_factory=dict)
+    new_sun: int = 0
+    near: int = 0
+
+
+def run_campaign(cfg_dict: dict) -> Path:
+    """Run one campaign to the end; its run folder."""
+    from xtalforge.loop.campaign import Campaign
+    from xtalforge.loop.executor import start_ray
+
+    start_ray(num_cpus=2)
+    with contextlib.redirect_stdout(sys.stderr):  # the campaign's own tables; stdout carries the benchmark's
+        camp = Campaign.create(parse_config(cfg_dict), progress=False, echo=lambda *_: None)
+        camp.run()
+    return Path(camp.run_dir)
+
+
+def full_hulls(cfg_dict: dict, run_dir: Path):
+    """The oracle-consistent hulls of the system with nothing hidden (targets included), built
+    with the campaign's own MLIP settings (the relaxed known phases are cached across runs)."""
+    from xtalforge.loop.results import build_hull
+
+    d = copy.deepcopy(cfg_dict)
+    d["references"]["exclude_chemsys"] = []
+    return build_hull(parse_config(d), run_dir)
+
+
+def score_run(method: str, chemsys: str, seed: int, run_dir: Path, targets: list[KnownPhase], hulls,
+              known_index: KnownStructures, stable_tol: float, near: float) -> RunScore:
+    """Score one finished run against the targets and the full hull (`hulls` is copied)."""
+    from xtalforge.loop.results import hull_entry
+    from xtalforge.loop.store import CampaignStore
+
+    score = RunScore(method, chemsys, seed)
+    target_index = KnownStructures((p.material_id, p.structure) for p in targets)
+    st = CampaignStore(f"sqlite:///{run_dir / 'store.db'}")
+    try:
+        ms = st.measurements(oracle="mlip")
+        cands = {c.id: c for c in st.candidates(ids=[m.candidate_id for m in ms])}
+    finally:
+        st.close()
+    score.relaxations = len(ms)
+    hull = copy.deepcopy(hulls)
+    keys = []
+    for i, m in enumerate(ms, start=1):
+        if m.status != Status.ok or m.relaxed is None:
+            continue
+        mid = target_index.match(m.relaxed)
+        if mid and mid not in score.found:
+            score.found[mid] = i
+        e = hull_entry(m)
+        if e is not None:
+            hull.add(m.candidate_id, e)
+            keys.append(m.candidate_id)
+    e_hull = hull.all_e_above_hull()
+    relaxed = {m.candidate_id: m.relaxed for m in ms if m.status == Status.ok and m.relaxed is not None}
+    score.near = sum(e_hull.get(k, float("inf")) <= near + 1e-9 for k in keys)
+    dd = Deduplicator()
+    for k in sorted(keys, key=lambda k: e_hull.get(k, float("inf"))):  # the lowest polymorph represents
+        if e_hull.get(k, float("inf")) > stable_tol + 1e-9:
+            break
+        c = Candidate(structure=relaxed[k], source=cands[k].source if k in cands else "", id=k)
+        if dd.add(c) and not known_index.match(relaxed[k]):
+            score.new_sun += 1
+    return score
+
+
+def _ms(v: list[float], spec: str = ".2f") -> str:
+    return f"{statistics.mean(v):{spec}} ± {statistics.pstdev(v):{spec}}" if v else "n/a"
+
+
+def report(scores: list[RunScore], methods: list[str], systems: list[str], targets: dict[str, list[KnownPhase]],
+           near: float) -> float:
+    """Print the per-method tables; return the rediscovery ratio (loop + 1) / (random + 1)."""
+    totals = {}
+    for m in methods:
+        runs = [s for s in scores if s.method == m]
+        totals[m] = sum(len(s.found) for s in runs)
+        print(f"\n{m}: {totals[m]} targets rediscovered in {len(runs)} runs")
+        for cs in systems:
+            mine = sorted((s for s in runs if s.chemsys == cs), key=lambda s: s.seed)
+            per_seed = ", ".join(f"s{s.seed}: {len(s.found)}/{len(targets[cs])}" for s in mine)
+            when = "; ".join(f"s{s.seed} " + ", ".join(f"{_formula(targets[cs], k)}@{n}" for k, n in
+                                                        sorted(s.found.items(), key=lambda t: t[1]))
+                             for s in mine if s.found)
+            print(f"  {cs:9s} {per_seed}" + (f"   (relaxations until found: {when})" if when else ""))
+        sun = [100.0 * s.new_sun / max(1, s.relaxations) for s in runs]
+        share = [100.0 * s.near / max(1, s.relaxations) for s in runs]
+        print(f"  new SUN per 100 relaxations {_ms(sun)}; within {1000 * near:.0f} meV/atom of the hull "
+              f"{_ms(share, '.1f')} % of relaxations")
+    loop, rnd = totals.get("loop", 0), totals.get("random", 0)
+    if "no_update" in totals:
+        print(f"loop/no_update = {(loop + 1) / (totals['no_update'] + 1):.2f} (totals + 1)")
+    return (loop + 1) / (rnd + 1)
+
+
+def _formula(phases: list[KnownPhase], mid: str) -> str:
+    return next((p.formula for p in phases if p.material_id == mid), mid)
+
+
+def print_targets(systems: list[str], max_atoms: int) -> dict[str, list[KnownPhase]]:
+    """Print and return each system's targets."""
+    out = {}
+    print(f"Targets (MP-20 DFT hull, <= {max_atoms} sites, structure in the snapshot):")
+    for cs in systems:
+        out[cs] = rediscovery_targets(cs, max_atoms)
+        listed = ", ".join(f"{p.formula} {p.spacegroup or '?'} ({len(p.structure)} sites, {p.material_id})"
+                           for p in out[cs]) or "none"
+        print(f"  {cs:9s} {len(out[cs])}: {listed}")
     return out
 
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--chemsys", default="Ca-Ti-O")
-    ap.add_argument("--relaxations", type=int, default=60)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--chemsys", action="append", help="a ternary system, e.g. Sr-Ti-O; repeat for more")
+    ap.add_argument("--max-atoms", type=int, default=12)
+    ap.add_argument("--relaxations", type=int, default=48)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--methods", default="loop,random")
     ap.add_argument("--batch", type=int, default=6, help="relaxations per round")
-    ap.add_argument("--max-atoms", type=int, default=10)
     ap.add_argument("--max-steps", type=int, default=200)
-    ap.add_argument("--methods", default="loop,no_update,random")
-    ap.add_argument("--reference", type=Path,
-                    default=Path(__file__).resolve().parents[2] / "shared" / "data" / "test_cifs")
+    ap.add_argument("--saps", action="store_true",
+                    help="substitution on prototypes from the whole snapshot (target system left out)")
     ap.add_argument("--out", type=Path, default=None, help="keep run folders here (default: a temp dir)")
-    ap.add_argument("--reuse", action="store_true",
-                    help="score the finished runs already in --out instead of running them again")
+    ap.add_argument("--reuse", action="store_true", help="score runs already finished in --out instead of rerunning")
+    ap.add_argument("--targets-only", action="store_true", help="print the targets and stop")
     ap.add_argument("--stable-tol", type=float, default=0.001,
-                    help="eV/atom above the pooled hull that still counts as on it: copies of one polymorph "
-                         "relaxed in different runs (FIRE to fmax 0.1 eV/Å) land within ~1 meV/atom of each other, "
-                         "and without a tolerance only the copy that happened to relax lowest would count")
-    ap.add_argument("--near", type=float, default=0.05,
-                    help="also count unique, novel structures within this many eV/atom of the pooled hull")
+                    help="eV/atom above the hull that still counts as on it (copies of one polymorph relaxed "
+                         "with FIRE to fmax 0.1 eV/Å land within ~1 meV/atom of each other)")
+    ap.add_argument("--near", type=float, default=0.05, help="eV/atom: the near-hull share's threshold")
     a = ap.parse_args(argv)
-    elements = a.chemsys.split("-")
-    methods = a.methods.split(",")
-    out = a.out or Path(tempfile.mkdtemp(prefix="xf-discovery-"))
+    systems_in = a.chemsys or list(SHOWCASE)
+    methods = [m for m in a.methods.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        ap.exit(2, f"discovery.py: unknown method {', '.join(bad)} (have: {', '.join(METHODS)})\n")
+    try:
+        systems = [chemsys_of(parse_chemsys(cs)) for cs in systems_in]
+    except KnownMaterialsError as err:
+        ap.exit(2, f"discovery.py: {err}\n")
+    if any(len(cs.split("-")) != 3 for cs in systems):
+        ap.exit(2, "discovery.py: give ternary systems, e.g. --chemsys Sr-Ti-O\n")
+    targets = print_targets(systems, a.max_atoms)
+    if a.targets_only:
+        return float("nan")
+    out = a.out or Path(tempfile.mkdtemp(prefix="xf-rediscovery-"))
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[tuple[str, int], Path] = {}
-    timings: dict[str, list[list[dict]]] = {m: [] for m in methods}  # per run, per round
-    for seed in range(a.seeds):
-        for m in methods:
-            done = out / "runs" / f"{m}-s{seed}"
-            if a.reuse and (done / "store.db").is_file():
-                st = CampaignStore(f"sqlite:///{done / 'store.db'}")
-                runs[(m, seed)] = done
-                timings[m].append(list(st.round_metrics().values()))
-                st.close()
-                continue
-            start_ray(num_cpus=2)
-            cfg = parse_config(method_config(m, elements, a.relaxations, a.batch, seed, out, a.max_atoms, a.max_steps))
-            t0 = time.perf_counter()
-            camp = Campaign.create(cfg, progress=False, echo=lambda *_: None)
-            stats = camp.run()
-            runs[(m, seed)] = camp.run_dir
-            wall = time.perf_counter() - t0
-            timings[m].append([s.metrics for s in stats])
-            print(f"# {m:9s} seed {seed}: {wall:6.0f} s", file=sys.stderr, flush=True)
-
-    # pool every method's relaxed structures into one hull
-    hull = Hull(elements)
-    per_run: dict[tuple[str, int], list[tuple[Candidate, str, int]]] = {}
-    n_relax: dict[tuple[str, int], int] = {}
-    for key, rd in runs.items():
-        st = CampaignStore(f"sqlite:///{rd / 'store.db'}")
-        ms = st.measurements(oracle="mlip")
-        n_relax[key] = len(ms)
-        rows = []
-        for m in ms:
-            if m.status != Status.ok or m.relaxed is None:
-                continue
-            k = f"{key[0]}|{key[1]}|{m.candidate_id}"
-            # CHGNet energies already carry MP2020 corrections (see HullConfig.apply_mp2020)
-            hull.add(k, mp2020_entry(m.relaxed, m.values["energy_per_atom"] * len(m.relaxed), k, apply=False))
-            rows.append((Candidate(structure=m.relaxed, source=key[0], round=m.round, id=m.candidate_id), k, m.round))
-        per_run[key] = rows
-        st.close()
-    e_hull = hull.all_e_above_hull()
-    refs = reference_structures(set(elements), a.reference)
-
-    table: dict[str, dict[str, list[float]]] = {m: {"sun_per_100": [], "near_per_100": [], "best": [], "sun": []}
-                                                for m in methods}
-    for (m, seed), rows in per_run.items():
-        sun, near = 0, 0
-        dd_sun, dd_near = Deduplicator(), Deduplicator()
-        for cand, k, _ in sorted(rows, key=lambda t: e_hull[t[1]]):  # the lowest polymorph represents
-            if e_hull[k] <= a.near + 1e-9 and dd_near.add(cand) and is_novel(cand.structure, refs):
-                near += 1
-            if e_hull[k] <= a.stable_tol + 1e-9 and dd_sun.add(cand) and is_novel(cand.structure, refs):
-                sun += 1
-        table[m]["sun"].append(sun)
-        table[m]["sun_per_100"].append(100.0 * sun / max(1, n_relax[(m, seed)]))
-        table[m]["near_per_100"].append(100.0 * near / max(1, n_relax[(m, seed)]))
-        table[m]["best"].append(min((e_hull[k] for _, k, _ in rows), default=float("nan")))
-
-    def ms(v: list[float], spec: str = ".2f") -> str:
-        return f"{statistics.mean(v):6{spec}} ± {statistics.pstdev(v):5{spec}}" if v else "n/a"
-
-    print(f"\nDiscovery benchmark: {a.chemsys}, {a.relaxations} relaxations per run, {a.seeds} seeds, "
-          f"max {a.max_atoms} atoms; hull = MP elements + all runs pooled; stable = within "
-          f"{1000 * a.stable_tol:g} meV/atom of it")
-    near = f"within {1000 * a.near:.0f} meV per 100"
-    print(f"{'method':10s} | {'SUN per 100 relaxations':>24s} | {'SUN per seed':>12s} | {near:>22s} | "
-          f"{'best e_above_hull (eV/atom)':>28s}")
-    print("-" * 110)
-    for m in methods:
-        counts = ",".join(str(int(v)) for v in table[m]["sun"])
-        print(f"{m:10s} | {ms(table[m]['sun_per_100']):>24s} | {counts:>12s} | {ms(table[m]['near_per_100']):>22s} | "
-              f"{ms(table[m]['best'], '.3f'):>28s}")
-
-    print("\nTime per round by stage (loop), seconds, mean over rounds and seeds "
-          "(with overlap, generate ran during the previous round's oracle, except in round 1):")
-    if timings.get("loop"):
-        every = [d for run in timings["loop"] for d in run]
-        keys = sorted({k for d in every for k in d if k.startswith("time_") and k.count("_") == 2})
-        for k in keys:
-            print(f"  {k:22s} {float(np.mean([d.get(k, 0.0) for d in every])):7.2f}")
-        later = [d for run in timings["loop"] for d in run[1:]]
-        print(f"  non-oracle share of round time: {share(every):.1%} over all rounds, "
-              f"{share(later):.1%} after the first (which also waits for the MLIP actors to load)")
-
-    loop = statistics.mean(table["loop"]["sun_per_100"]) if "loop" in table else float("nan")
-    rnd = statistics.mean(table["random"]["sun_per_100"]) if "random" in table else float("nan")
-    ratio = loop / rnd if rnd > 0 else float("inf") if loop > 0 else float("nan")
+    scores: list[RunScore] = []
+    for cs in systems:
+        hulls = known_index = None
+        for seed in range(a.seeds):
+            for m in methods:
+                cfg = method_config(m, cs, a.relaxations, a.batch, seed, out, a.max_atoms, a.max_steps, a.saps)
+                run_dir = out / "runs" / cfg["name"]
+                if not (a.reuse and (run_dir / "store.db").is_file()):
+                    t0 = time.perf_counter()
+                    run_dir = run_campaign(cfg)
+                    print(f"# {cfg['name']}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+                if hulls is None:
+                    hulls = full_hulls(cfg, run_dir)
+                    known_index = KnownStructures(hulls.known.with_structure())
+                    for e in (hulls.relaxed.entries if hulls.relaxed is not None else ()):
+                        known_index.add(str(e.entry_id), e.structure)
+                scores.append(score_run(m, cs, seed, run_dir, targets[cs], hulls, known_index, a.stable_tol, a.near))
+    print(f"\nRediscovery: {a.relaxations} relaxations per run ({a.batch} per round), {a.seeds} seeds, "
+          f"max {a.max_atoms} atoms, substitution prototypes: {'known (SAPS)' if a.saps else 'builtin'}")
+    ratio = report(scores, methods, systems, targets, a.near)
     print(f"run folders: {out}")
-    print(f"sun_rate_ratio={ratio:.2f}")
+    print(f"rediscovery_ratio={ratio:.2f}")
     return ratio
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -161,4 +161,87 @@ def history_prototypes(history: Sequence[tuple[Candidate, Measurement]], k: int,
             out.append(prepare(f"history:{cand.id}", fresh(m.relaxed), max_atoms, 1.0 + 2.0 * r, 1.0 + 2.0 * (1.0 - r)))
         except PrototypeError as err:
             log.debug("history prototype skipped: %s", err)
+    return out
+
+
+# -- the reference snapshot as a prototype library (GNoME's SAPS draws from all known structures) --
+
+KNOWN = "known"  # the `prototypes` entry that asks for the snapshot's structures
+
+
+@dataclass(frozen=True)
+class KnownSource:
+    """A known structure offered as a prototype: its system's substitution score (product of
+    per-element conditional substitution probabilities, unitless) and DFT hull distance (eV/atom)."""
+
+    material_id: str
+    chemsys: str
+    score: float
+    e_above_hull: float
+    structure: Structure
+
+
+ElementScore = Callable[[str, str], float]  # (known element, target element) -> best ion-pair probability
+
+
+def best_assignment(known: Sequence[str], target: Sequence[str], score: ElementScore) -> float:
+    """Largest product of `score(known element, target element)` over one-to-one assignments
+    of `known` elements to `target` elements (0 when `known` has more elements than `target`)."""
+    from itertools import permutations
+
+    if len(known) > len(target):
+        return 0.0
+    best = 0.0
+    for perm in permutations(target, len(known)):
+        v = 1.0
+        for a, b in zip(known, perm):
+            v *= score(a, b)
+            if v <= best:
+                break
+        best = max(best, v)
+    return best
+
+
+def known_sources(elements: Sequence[str], max_atoms: int, score: ElementScore, exclude_chemsys: Sequence[str] = (),
+                  limit: int = 96, max_e_above_hull: float = 0.025, snapshot=None) -> list[KnownSource]:
+    """The `limit` snapshot structures most likely to become compounds of `elements` by ionic
+    substitution: structures with as many elements as the system, at most `max_atoms` sites and
+    within `max_e_above_hull` (eV/atom) of the snapshot's DFT hull, from the systems whose
+    elements map one-to-one onto `elements` with the highest substitution score. Entries of the
+    systems in `exclude_chemsys` (e.g. the target system of a leave-system-out benchmark) are
+    never offered."""
+    from xtalforge.references.known import shipped_snapshot
+    from xtalforge.references.snapshot import chemsys_of
+
+    snap = snapshot or shipped_snapshot()
+    target = sorted(set(elements))
+    excluded = {chemsys_of(c.replace(" ", "").split("-")) for c in exclude_chemsys}
+    ranked = []
+    for cs in snap.chemical_systems():
+        els = cs.split("-")
+        if len(els) != len(target) or cs in excluded:
+            continue
+        s = best_assignment(els, target, score)
+        if s > 0:
+            ranked.append((s, cs))
+    ranked.sort(key=lambda t: (-t[0], t[1]))
+    out: list[KnownSource] = []
+    for s, cs in ranked:
+        if len(out) >= limit:
+            break
+        rows = [r for r in snap.rows(cs.split("-")) if r.chemsys == cs and r.structure >= 0
+                and r.nsites <= max_atoms and r.e_above_hull <= max_e_above_hull + 1e-9]
+        for r in sorted(rows, key=lambda r: (r.e_above_hull, r.nsites, r.material_id))[: limit - len(out)]:
+            out.append(KnownSource(r.material_id, cs, s, r.e_above_hull, snap.structure(r.structure)))
+    return out
+
+
+def known_prototypes(sources: Sequence[KnownSource], max_atoms: int) -> list[Prototype]:
+    """Prototypes ("known:<material id>") from snapshot structures; unusable ones skipped."""
+    out = []
+    for src in sources:
+        try:
+            out.append(prepare(f"known:{src.material_id}", src.structure, max_atoms))
+        except PrototypeError as err:
+            log.debug("skipping known prototype: %s", err)
     return out

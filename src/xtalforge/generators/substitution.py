@@ -1,7 +1,8 @@
 """Ionic substitution on prototypes, after GNoME's symmetry-aware partial substitution (SAPS).
 
 One proposal: pick a prototype (shipped textbook types, user CIFs, the campaign's best relaxed
-structures), map every prototype ion onto an ion of the chemical system (weighted by the
+structures and, with `prototypes: known`, the reference snapshot's structures of the systems
+whose ions substitute best onto this one's), map every prototype ion onto an ion of the chemical system (weighted by the
 Hautier et al. 2011 data-mined substitution probabilities, pymatgen's SubstitutionProbability),
 then, often, replace only part of one species' sites (whole symmetry orbits where the cell has
 several) by another ion, so one prototype yields many stoichiometries. Only charge-balanced
@@ -28,7 +29,8 @@ from pymatgen.core import Element, Species, Structure
 
 from xtalforge.generators.base import reward_from
 from xtalforge.generators.compositions import is_charge_balanced, require_compositions
-from xtalforge.generators.prototypes import Cell, Prototype, history_prototypes, load_prototypes
+from xtalforge.generators.prototypes import (KNOWN, Cell, Prototype, history_prototypes, known_prototypes,
+                                             known_sources, load_prototypes)
 from xtalforge.structure import ValidityLimits, structure_problem
 from xtalforge.types import Candidate, Measurement, RoundContext
 
@@ -148,13 +150,19 @@ def metric_key(text: str) -> str:
 class Substitution:
     name = "substitution"
 
-    def __init__(self, elements: Sequence[str], max_atoms: int, prototypes: Sequence[str] = (),
+    def __init__(self, elements: Sequence[str], max_atoms: int, prototypes: str | Sequence[str] = (),
                  builtin: bool = True, history_top_k: int = 8, partial_probability: float = 0.5,
                  max_maps: int = 48, temperature: float = 0.5, oxidation_commonality: str | float = "medium",
-                 include_elements: bool = False):
-        """`prototypes`: extra structure files (CIF, POSCAR, pymatgen JSON); `temperature` flattens
-        the substitution probabilities (score**temperature) so rare but allowed ions still appear;
-        `include_elements`: also propose pure elements (their references are on every hull)."""
+                 include_elements: bool = False, exclude_chemsys: Sequence[str] = (), known_limit: int = 96,
+                 known_max_e_above_hull: float = 0.025):
+        """`prototypes`: extra structure files (CIF, POSCAR, pymatgen JSON), and/or "known": the
+        `known_limit` reference-snapshot structures (within `known_max_e_above_hull` eV/atom of
+        its DFT hull, as many elements as the system) from the systems whose elements map onto
+        this system's with the highest ionic-substitution probability; `exclude_chemsys` hides
+        systems from that library (a leave-system-out benchmark hides its target system).
+        `temperature` flattens the substitution probabilities (score**temperature) so rare but
+        allowed ions still appear; `include_elements`: also propose pure elements (their
+        references are on every hull)."""
         require_compositions(tuple(elements), max_atoms, oxidation_commonality)
         self.elements = tuple(elements)
         self.max_atoms = max_atoms
@@ -166,7 +174,13 @@ class Substitution:
         self.include_elements = include_elements
         self.ions = system_ions(self.elements)
         self.table = SubstitutionTable()
-        self.prototypes = load_prototypes(list(prototypes), builtin, max_atoms)
+        self._element_scores: dict[tuple[str, str], float] = {}
+        files = [prototypes] if isinstance(prototypes, str) else list(prototypes)
+        self.prototypes = load_prototypes([f for f in files if f != KNOWN], builtin, max_atoms)
+        if KNOWN in files:
+            sources = known_sources(self.elements, max_atoms, self.element_score, exclude_chemsys,
+                                    known_limit, known_max_e_above_hull)
+            self.prototypes += known_prototypes(sources, max_atoms)
         self._maps: dict[str, list[SpeciesMap]] = {}
         for p in self.prototypes:
             self.maps_for(p)
@@ -179,6 +193,16 @@ class Substitution:
         self.pair_stats: dict[str, list[float]] = {}
 
     # -- weights ---------------------------------------------------------------------------
+    def element_score(self, known: str, target: str) -> float:
+        """Best P(target ion | known ion) over the two elements' ions of the same sign: how
+        readily `known` is replaced by `target` (1-ish for an element by itself)."""
+        key = (known, target)
+        if key not in self._element_scores:
+            targets = [str(t) for t in self.ions if t.symbol == target]
+            self._element_scores[key] = max((self.table.p(t, str(s)) for s in system_ions([known]) for t in targets),
+                                            default=0.0)
+        return self._element_scores[key]
+
     def prototype_weight(self, p: Prototype) -> float:
         return _beta_mean(self.proto_stats.get(p.key), p.prior_a, p.prior_b)
 

@@ -1,0 +1,83 @@
+"""The leave-system-out rediscovery benchmark: its targets, what it hides, and one tiny real run."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from xtalforge.config import parse_config
+from xtalforge.references.known import load_known
+from xtalforge.references.novelty import KnownStructures
+
+
+def _script():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "discovery.py"
+    spec = importlib.util.spec_from_file_location("discovery_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _script()
+
+
+def test_targets_are_the_small_mp20_ground_states(bench):
+    """Sr-Ti-O within 12 sites: Sr2TiO4 (K2NiF4), tetragonal SrTiO3 and Sr3Ti2O7; cubic SrTiO3
+    has no structure in the snapshot and Sr4Ti3O10 (17 sites) is too big."""
+    ids = [p.material_id for p in bench.rediscovery_targets("Sr-Ti-O", 12)]
+    assert ids == ["mp-5532", "mp-4651", "mp-3349"]
+    assert [p.material_id for p in bench.rediscovery_targets("Ti-O-Sr", 8)] == ["mp-5532"]
+    for cs in bench.SHOWCASE:
+        targets = bench.rediscovery_targets(cs, 12)
+        assert 3 <= len(targets) <= 4, cs
+        for p in targets:
+            assert p.chemsys == "-".join(sorted(cs.split("-"))) and p.source == "mp20" and len(p.structure) <= 12
+
+
+def test_campaign_config_hides_the_target_system(bench, tmp_path):
+    d = bench.method_config("loop", "O-Sr-Ti", 12, 6, 0, tmp_path, 12, 50, saps=True)
+    cfg = parse_config(d)
+    assert cfg.references.exclude_chemsys == ["O-Sr-Ti"] and cfg.update_generators
+    sub = next(g for g in cfg.generators if g.name == "substitution")
+    assert sub.options == {"prototypes": "known", "exclude_chemsys": ["O-Sr-Ti"]}
+    # what the campaign then sees: the binaries and elements, none of the targets
+    known = load_known(cfg.elements, cfg.references.sources, exclude_chemsys=cfg.references.exclude_chemsys)
+    assert {p.chemsys for p in known.phases} <= {"O", "Sr", "Ti", "O-Sr", "O-Ti", "Sr-Ti"}
+    index = KnownStructures(known.with_structure())
+    assert all(index.match(t.structure) == "" for t in bench.rediscovery_targets("Sr-Ti-O", 12))
+    rnd = parse_config(bench.method_config("random", "O-Sr-Ti", 12, 6, 0, tmp_path, 12, 50, saps=True))
+    assert [g.name for g in rnd.generators] == ["random_symmetric"] and rnd.acquisition.kind == "random"
+    assert not rnd.update_generators
+
+
+def test_bad_input_is_one_line(bench, capsys):
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--chemsys", "Sr-Ti", "--targets-only"])
+    assert err.value.code == 2 and "ternary" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--chemsys", "Sr-Ti-O", "--methods", "loop,magic"])
+    assert "unknown method magic" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_random_run_scores_and_ends_with_the_ratio(bench, tmp_path, capsys):
+    """One system, one round of 6 real CHGNet relaxations, random search: targets printed first,
+    the ratio last; reusing the finished run scores it again without rerunning."""
+    args = ["--chemsys", "Ba-O-Sn", "--max-atoms", "8", "--relaxations", "6", "--seeds", "1",
+            "--methods", "random", "--max-steps", "60", "--out", str(tmp_path)]
+    ratio = bench.main(args)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("Targets") and "BaSnO3" in out[1]
+    assert out[-1] == f"rediscovery_ratio={ratio:.2f}"
+    assert any(line.strip().startswith("Ba-O-Sn   s0:") for line in out)
+    assert any("new SUN per 100 relaxations" in line for line in out)
+    assert (tmp_path / "runs" / "random-Ba-O-Sn-s0" / "store.db").is_file()
+    again = bench.main([*args, "--reuse"])
+    out2 = capsys.readouterr()
+    assert again == ratio and "random-Ba-O-Sn-s0:" not in out2.err  # scored, not rerun
