@@ -375,25 +375,25 @@ def run_description(summary: dict, experiment_id: str | None, run_id: str | None
     s = summary
     rate = f"{s['hits'] / s['calls']:.0%}" if s["calls"] else "—"
     red = f" (and {s['rediscovered']} known phases rediscovered)" if s["rediscovered"] else ""
-    lines = [f"### {s['chemsys']} · round {s['round'] + 1} of {s['rounds']}" + (" · finished" if s["final"] else ""),
-             "",
-             f"**{s['hits']} hits**{red} in **{s['calls']} oracle calls** ({rate} of calls; "
-             f"{s['failed']} failed). A hit is stable (e_above_hull ≤ {s['threshold']:g} eV/atom), "
-             "unique and novel.",
-             "",
-             "| # | formula | space group | e_above_hull (eV/atom) | new or known | found by | round |",
-             "|---|---|---|---|---|---|---|"]
-    for i, d in enumerate(s["top"], 1):
-        lines.append(f"| {i} | {d['formula']}{' ★' if d['hit'] else ''} | {d['spacegroup']} | "
-                     f"{d['e_above_hull']:+.3f} | {novelty(d)} | {d['source']} | {d['round'] + 1} |")
     link = lambda text, path: f"[{text}]({_artifact_link(experiment_id, run_id, path)})"  # noqa: E731
     rnd = f"rounds/round_{s['round']:03d}"
     links = ([link("the report", "report/report.html"), link("all candidates (CSV)", "candidates.csv"),
               link("best structures (CIF)", "top_cifs")] if s["final"] else
              [link("this round's candidates (CSV)", f"{rnd}/candidates.csv"), link("its best CIFs", f"{rnd}/cifs"),
               link("its plots", f"{rnd}/plots")])
-    lines += ["", " · ".join(links),
-              "", "Charts: **Model metrics**, section `discovery/` first; each image chart opens on the latest round."]
+    # the UI shows the first lines until "Show more": the numbers and the links come first
+    lines = [f"### {s['chemsys']} · round {s['round'] + 1} of {s['rounds']}" + (" · finished" if s["final"] else ""),
+             "",
+             f"**{s['hits']} hits**{red} in **{s['calls']} oracle calls** ({rate} of calls; "
+             f"{s['failed']} failed). A hit is stable (e_above_hull ≤ {s['threshold']:g} eV/atom), "
+             "unique and novel.",
+             "", " · ".join(links),
+             "", "| # | formula | space group | e_above_hull (eV/atom) | new or known | found by | round |",
+             "|---|---|---|---|---|---|---|"]
+    for i, d in enumerate(s["top"], 1):
+        lines.append(f"| {i} | {d['formula']}{' ★' if d['hit'] else ''} | {d['spacegroup']} | "
+                     f"{d['e_above_hull']:+.3f} | {novelty(d)} | {d['source']} | {d['round'] + 1} |")
+    lines += ["", "Charts: **Model metrics**, section `discovery/` first; each image chart opens on the latest round."]
     return "\n".join(lines)
 
 

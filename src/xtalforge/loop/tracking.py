@@ -440,7 +440,6 @@ class Tracker:
         self.max_unsent = max_unsent
         self.client = None
         self.experiment_id: str | None = None
-        self.description: str | None = None  # the experiment's, set when it is created
         self.run_id: str | None = None
         self.failures = 0  # calls that failed or were skipped
         self._warned = False
