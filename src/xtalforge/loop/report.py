@@ -605,8 +605,8 @@ def write_report(c: CampaignResults, rows: list[dict], figs: dict[str, Path], fo
     doc = {
         "title": f"xtalforge campaign {c.cfg.name}: {c.cfg.chemsys}",
         "headline": (f"{len(hits)} hits in {len(rows)} oracle calls ({c.screen}) over {done} of {c.cfg.rounds} rounds; "
-                     f"a hit is stable (e_above_hull ≤ {thr:g} eV/atom against MP elemental references and every "
-                     f"phase the campaign found), unique and novel. "
+                     f"a hit is stable (e_above_hull ≤ {thr:g} eV/atom on the hull described below), unique "
+                     f"and not a known material. "
                      + (f"Best: {ok[0]['formula']} {ok[0]['spacegroup']} at {ok[0]['e_above_hull']:+.3f} eV/atom "
                         f"({novelty(ok[0])})." if ok else "No successful oracle call yet.")),
         "facts": [
@@ -630,6 +630,7 @@ def write_report(c: CampaignResults, rows: list[dict], figs: dict[str, Path], fo
                  + [(f"interactive {name.replace('_', ' ')}", f"interactive/{p.name}") for name, p in interactive.items()]
                  + ([("synthesis routes (CSV)", "../synthesis_routes.csv")]
                     if (c.run_dir / "synthesis_routes.csv").is_file() else []),
+        "hull": list(getattr(c, "describe", list)()),  # what the hull holds, which references decided
         "next": next_steps(c, rows, routes),
         "plots": [(name.replace("_", " "), path,
                    f"interactive/{interactive[name].name}" if name in interactive else None) for name, path in figs.items()],

@@ -1,7 +1,7 @@
 """Rendering the campaign report document as Markdown and as self-contained HTML.
 
 The document is a plain dict built by `report.write_report`: title, headline, facts (label,
-value, link or None), links (text, relative href), next (what to look at next: `look`,
+value, link or None), hull (lines saying what the hull holds; optional), links (text, relative href), next (what to look at next: `look`,
 `spend`, `wrong`, lists of sentences), plots (title, PNG path, interactive page or None), top
 (candidate rows of `report.ranked`, with `_cif`, `_picture` and `_novelty`), routes (candidate
 id -> rows of synthesis.routes.routes_table, or None) and mae_definition. HTML inlines the
@@ -82,6 +82,8 @@ def render_markdown(doc: dict, folder: Path) -> str:
     """Markdown with image and file links relative to `folder` (where the .md file is written)."""
     out = [f"# {doc['title']}", "", doc["headline"], ""]
     out += [f"- **{k}**: " + (f"[{v}]({href})" if href else str(v)) for k, v, href in doc["facts"]] + [""]
+    if doc.get("hull"):
+        out += ["**The hull and the references**", ""] + [f"- {x}" for x in doc["hull"]] + [""]
     out += [" · ".join(f"[{t}]({h})" for t, h in doc["links"]), "", "## What to look at next", ""]
     for key, title in NEXT_TITLES:
         out += [f"**{title}**", ""] + [f"- {x}" for x in doc["next"][key]] + [""]
@@ -151,7 +153,10 @@ def render_html(doc: dict, folder: Path | None = None) -> str:
            f"<style>{_CSS}</style></head><body>", f"<h1>{e(doc['title'])}</h1>",
            f"<p class='headline'>{e(doc['headline'])}</p>", "<table>"]
     out += [f"<tr><th>{e(k)}</th><td>{_a(str(v), href) if href else e(str(v))}</td></tr>" for k, v, href in doc["facts"]]
-    out += ["</table>", "<p class='links'>" + "".join(_a(t, h) for t, h in doc["links"]) + "</p>",
+    out.append("</table>")
+    if doc.get("hull"):
+        out += ["<p><b>The hull and the references</b></p><ul>"] + [f"<li>{e(x)}</li>" for x in doc["hull"]] + ["</ul>"]
+    out += ["<p class='links'>" + "".join(_a(t, h) for t, h in doc["links"]) + "</p>",
             "<h2 id='next'>What to look at next</h2><div class='next'>"]
     ids = {d["id"] for d in doc["top"]}
     for key, title in NEXT_TITLES:
