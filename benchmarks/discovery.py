@@ -22,6 +22,9 @@ ending within 50 meV/atom of that hull.
 
     benchmarks/discovery.py --chemsys Sr-Ti-O --chemsys Ba-O-Sn --max-atoms 12 --relaxations 48 --seeds 2
 
+`--reach N` runs no campaign: it counts the targets that N unrelaxed substitution proposals
+already match, textbook prototypes against the snapshot library (what the library puts in reach).
+
 The last line printed is `rediscovery_ratio=X`, X = (loop total + 1) / (random total + 1).
 """
 
@@ -108,8 +111,10 @@ class RunScore:
     seed: int
     relaxations: int = 0
     found: dict[str, int] = field(default_factory=dict)
+    found_by: dict[str, str] = field(default_factory=dict)  # material id -> the generator that proposed it
     new_sun: int = 0
     near: int = 0
+    non_oracle_share: float = float("nan")  # of round wall time, rounds after the first
 
 
 def run_campaign(cfg_dict: dict) -> Path:
@@ -146,9 +151,13 @@ def score_run(method: str, chemsys: str, seed: int, run_dir: Path, targets: list
     try:
         ms = st.measurements(oracle="mlip")
         cands = {c.id: c for c in st.candidates(ids=[m.candidate_id for m in ms])}
+        later = [r for _, r in sorted(st.round_metrics().items())][1:]
     finally:
         st.close()
     score.relaxations = len(ms)
+    total = sum(r.get("time_round_s", 0.0) for r in later)
+    if total > 0:
+        score.non_oracle_share = 1.0 - sum(r.get("time_oracle_s", 0.0) for r in later) / total
     hull = copy.deepcopy(hulls)
     keys = []
     for i, m in enumerate(ms, start=1):
@@ -157,6 +166,7 @@ def score_run(method: str, chemsys: str, seed: int, run_dir: Path, targets: list
         mid = target_index.match(m.relaxed)
         if mid and mid not in score.found:
             score.found[mid] = i
+            score.found_by[mid] = cands[m.candidate_id].source if m.candidate_id in cands else "?"
         e = hull_entry(m)
         if e is not None:
             hull.add(m.candidate_id, e)
@@ -189,7 +199,7 @@ def report(scores: list[RunScore], methods: list[str], systems: list[str], targe
         for cs in systems:
             mine = sorted((s for s in runs if s.chemsys == cs), key=lambda s: s.seed)
             per_seed = ", ".join(f"s{s.seed}: {len(s.found)}/{len(targets[cs])}" for s in mine)
-            when = "; ".join(f"s{s.seed} " + ", ".join(f"{_formula(targets[cs], k)}@{n}" for k, n in
+            when = "; ".join(f"s{s.seed} " + ", ".join(f"{_formula(targets[cs], k)}@{n} ({s.found_by[k]})" for k, n in
                                                         sorted(s.found.items(), key=lambda t: t[1]))
                              for s in mine if s.found)
             print(f"  {cs:9s} {per_seed}" + (f"   (relaxations until found: {when})" if when else ""))
@@ -197,6 +207,9 @@ def report(scores: list[RunScore], methods: list[str], systems: list[str], targe
         share = [100.0 * s.near / max(1, s.relaxations) for s in runs]
         print(f"  new SUN per 100 relaxations {_ms(sun)}; within {1000 * near:.0f} meV/atom of the hull "
               f"{_ms(share, '.1f')} % of relaxations")
+        overhead = [100.0 * s.non_oracle_share for s in runs if s.non_oracle_share == s.non_oracle_share]
+        if overhead:
+            print(f"  non-oracle share of round time from round 2: {_ms(overhead, '.1f')} %")
     loop, rnd = totals.get("loop", 0), totals.get("random", 0)
     if "no_update" in totals:
         print(f"loop/no_update = {(loop + 1) / (totals['no_update'] + 1):.2f} (totals + 1)")
@@ -205,6 +218,29 @@ def report(scores: list[RunScore], methods: list[str], systems: list[str], targe
 
 def _formula(phases: list[KnownPhase], mid: str) -> str:
     return next((p.formula for p in phases if p.material_id == mid), mid)
+
+
+def proposal_reach(chemsys: str, max_atoms: int, targets: list[KnownPhase], n: int, seed: int,
+                   known: bool) -> dict[str, int]:
+    """Targets matched by `n` unrelaxed proposals of the substitution generator (textbook
+    prototypes, or the snapshot library with `chemsys` hidden): material id -> proposals drawn
+    until the first match. No relaxation: what the prototype library alone puts in reach."""
+    import numpy as np
+
+    from xtalforge.generators.registry import build_generator
+    from xtalforge.types import RoundContext
+
+    elements = parse_chemsys(chemsys)
+    options = {"prototypes": "known", "exclude_chemsys": [chemsys]} if known else {}
+    gen = build_generator("substitution", elements, max_atoms, options)
+    ctx = RoundContext(round=0, elements=elements, max_atoms=max_atoms, rng=np.random.default_rng(seed), history=[])
+    index = KnownStructures((p.material_id, p.structure) for p in targets)
+    found: dict[str, int] = {}
+    for i, c in enumerate(gen.propose(n, ctx), start=1):
+        mid = index.match(c.structure)
+        if mid and mid not in found:
+            found[mid] = i
+    return found
 
 
 def print_targets(systems: list[str], max_atoms: int) -> dict[str, list[KnownPhase]]:
@@ -233,6 +269,9 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--out", type=Path, default=None, help="keep run folders here (default: a temp dir)")
     ap.add_argument("--reuse", action="store_true", help="score runs already finished in --out instead of rerunning")
     ap.add_argument("--targets-only", action="store_true", help="print the targets and stop")
+    ap.add_argument("--reach", type=int, default=0, metavar="N",
+                    help="instead of campaigns: which targets N unrelaxed substitution proposals already match, "
+                         "textbook prototypes against the snapshot library (per seed)")
     ap.add_argument("--stable-tol", type=float, default=0.001,
                     help="eV/atom above the hull that still counts as on it (copies of one polymorph relaxed "
                          "with FIRE to fmax 0.1 eV/Å land within ~1 meV/atom of each other)")
@@ -251,6 +290,18 @@ def main(argv: list[str] | None = None) -> float:
         ap.exit(2, "discovery.py: give ternary systems, e.g. --chemsys Sr-Ti-O\n")
     targets = print_targets(systems, a.max_atoms)
     if a.targets_only:
+        return float("nan")
+    if a.reach:
+        print(f"\nTargets matched by {a.reach} unrelaxed substitution proposals (proposals until the first match):")
+        for cs in systems:
+            for known in (False, True):
+                per_seed = []
+                for seed in range(a.seeds):
+                    found = proposal_reach(cs, a.max_atoms, targets[cs], a.reach, seed, known)
+                    per_seed.append(f"s{seed} {len(found)}/{len(targets[cs])}" + (" (" + ", ".join(
+                        f"{_formula(targets[cs], k)}@{v}" for k, v in sorted(found.items(), key=lambda t: t[1])) + ")"
+                        if found else ""))
+                print(f"  {cs:9s} {'known (SAPS)' if known else 'builtin':12s} " + "; ".join(per_seed))
         return float("nan")
     out = a.out or Path(tempfile.mkdtemp(prefix="xf-rediscovery-"))
     out.mkdir(parents=True, exist_ok=True)
