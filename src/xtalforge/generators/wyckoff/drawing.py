@@ -4,9 +4,11 @@ charge-balanced compositions.
 Charge balance is a preference, applied by rejection (a prior of 0/1 over compositions, not a
 mask): each draw of the model is split into crystals whose reduced formula passes SMACT's charge
 neutrality and electronegativity test (`generators.compositions.is_charge_balanced`) and those
-that do not; the balanced ones are taken first, and unbalanced ones only fill what `oversample`
-rounds of drawing could not. A mask cannot do this exactly, because whether a formula balances is
-only known once its last site is drawn. Metals and intermetallics are therefore still possible.
+that do not; balanced compounds are taken first, then pure elements (neutral, but a campaign
+learns nothing new from yet another elemental polymorph), and unbalanced ones only fill what
+`oversample` rounds of drawing could not. A mask cannot do this exactly, because whether a
+formula balances is only known once its last site is drawn. Metals and intermetallics are
+therefore still possible.
 """
 
 from __future__ import annotations
@@ -94,30 +96,34 @@ def decode_checked(seqs: list[CrystalSeq], logp: torch.Tensor, tables: WyckoffTa
 def draw(model: WyckoffTransformer, n: int, cons: Constraints, tables: WyckoffTables, gen: torch.Generator,
          temperature: float = 1.0, composition: dict[int, int] | None = None, prefer_balanced: bool = True,
          oversample: int = 4, batch: int | None = None) -> tuple[list[Drawn], dict[str, int]]:
-    """Up to `n` valid crystals, charge-balanced ones first when `prefer_balanced`, in at most
+    """Up to `n` valid crystals, charge-balanced compounds first when `prefer_balanced`, in at most
     `oversample` rounds of drawing. Returns them and the counts of rejected draws by reason
     (plus 'unbalanced_used' for unbalanced crystals that filled the remainder)."""
     taken: list[Drawn] = []
+    elemental: list[Drawn] = []
     spare: list[Drawn] = []
     why: dict[str, int] = {}
     for _ in range(max(1, oversample)):
         if len(taken) >= n:
             break
-        k = batch or max(2 * (n - len(taken)), 8)
+        k = batch or max(4 * (n - len(taken)), 32)  # balanced compounds can be a small share
         seqs, logp = sample(model, k, cons, gen, temperature, composition=composition)
         got, w = decode_checked(seqs, logp, tables, cons.max_atoms)
         for key, v in w.items():
             why[key] = why.get(key, 0) + v
         for d in got:
-            if d.balanced or not prefer_balanced:
+            if not prefer_balanced or (d.balanced and len(d.structure.composition.elements) > 1):
                 if len(taken) < n:
                     taken.append(d)
+            elif d.balanced:
+                elemental.append(d)
             else:
                 spare.append(d)
-    fill = spare[: max(0, n - len(taken))]
+    out = taken + elemental[: max(0, n - len(taken))]
+    fill = spare[: max(0, n - len(out))]
     if fill:
         why["unbalanced_used"] = len(fill)
-    return taken + fill, why
+    return out + fill, why
 
 
 __all__ = ["Drawn", "MIN_DISTANCE", "VOLUME_PER_ATOM", "charge_balanced", "decode_checked", "draw", "formula_of",
