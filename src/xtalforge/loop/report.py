@@ -515,7 +515,8 @@ def next_steps(c: CampaignResults, rows: list[dict], routes: dict[str, list[dict
     min_p = c.cfg.synthesis.min_p_synth
     look: list[str] = []
     for d in ok:
-        if d["known_match"] or d["e_above_hull"] > thr + NEAR_HULL:
+        # a polymorph of an element is no discovery in a compound search
+        if d["known_match"] or d["e_above_hull"] > thr + NEAR_HULL or len(d["_structure"].composition) < 2:
             continue
         if math.isfinite(d["p_synth"]) and d["p_synth"] < min_p:
             continue
@@ -527,15 +528,16 @@ def next_steps(c: CampaignResults, rows: list[dict], routes: dict[str, list[dict
         if len(look) == 5:
             break
     if not look:
-        look.append(f"No new candidate within {NEAR_HULL:g} eV/atom of the hull (and, where scored, "
+        look.append(f"No new compound within {NEAR_HULL:g} eV/atom of the hull (and, where scored, "
                     f"with P(synthesizable) ≥ {min_p:g}) yet.")
     spend: list[str] = []
     n = len(rows) or 1
     for g in sorted({d["source"] for d in rows}, key=lambda g: -sum(d["source"] == g for d in rows)):
         mine = [d for d in rows if d["source"] == g]
         good = [d["e_above_hull"] for d in mine if d["status"] == "ok"]
-        spend.append(f"{g}: {len(mine)} oracle calls ({len(mine) / n:.0%}), {sum(d['hit'] for d in mine)} hits, "
-                     f"best {min(good):+.3f} eV/atom" if good else f"{g}: {len(mine)} oracle calls, none succeeded")
+        calls = f"{len(mine)} oracle call{'s' if len(mine) != 1 else ''}"
+        spend.append(f"{g}: {calls} ({len(mine) / n:.0%}), {sum(d['hit'] for d in mine)} hits, "
+                     f"best {min(good):+.3f} eV/atom" if good else f"{g}: {calls}, none succeeded")
     rm = c.store.round_metrics()
     total = sum(m.get("time_round_s", 0.0) for m in rm.values())
     if total > 0:
@@ -562,7 +564,8 @@ def next_steps(c: CampaignResults, rows: list[dict], routes: dict[str, list[dict
                      f"({failed[0]['id']}): {str(failed[0]['error'] or '')[:120]}")
     known = [d for d in ok if d["known_match"] and d["e_above_hull"] <= thr + 1e-9]
     if known:
-        wrong.append(f"{len(known)} stable candidates are known materials (rediscovered): "
+        wrong.append(f"{len(known)} of the stable candidates {'is a known material' if len(known) == 1 else 'are known materials'} "
+                     "(rediscovered, not hits): "
                      + ", ".join(f"{d['formula']} = {d['known_match']}" for d in known[:5]))
     return {"look": look, "spend": spend, "wrong": wrong or ["nothing stands out."]}
 
@@ -594,6 +597,7 @@ def write_report(c: CampaignResults, rows: list[dict], figs: dict[str, Path], fo
     last = m[max(m)] if m else {}
     thr = c.cfg.hull.stable_threshold
     hits = [d for d in rows if d["hit"]]
+    known = [d for d in ok if d["known_match"] and d["e_above_hull"] <= thr + 1e-9]
     err = surrogate_error(rows)
     if tracker is not None and tracker.ok and tracker.uri.startswith("http"):
         mlflow = ("MLflow run", tracker.run_id, ui_url(tracker.uri, tracker.experiment_id, tracker.run_id))
@@ -613,8 +617,9 @@ def write_report(c: CampaignResults, rows: list[dict], figs: dict[str, Path], fo
             ("run folder", str(c.run_dir), None),
             ("rounds done", f"{done} of {c.cfg.rounds}", None),
             (f"oracle calls ({c.screen})", f"{len(rows)} ({len(rows) - len(ok)} failed)", None),
-            ("hits (stable, unique, novel)", f"{len(hits)}: {sum(not d['known_match'] for d in hits)} new, "
-                                             f"{sum(bool(d['known_match']) for d in hits)} rediscovered", None),
+            ("hits (stable, unique, new)", str(len(hits)), None),
+            ("known phases rediscovered (stable, matching a known material)",
+             ", ".join(f"{d['formula']} = {d['known_match']}" for d in known) or "none", None),
             ("best e_above_hull", f"{_fmt(ok[0]['e_above_hull'], '+.3f')} eV/atom" if ok else "—", None),
             ("surrogate MAE", (f"{_fmt(err['mae'])} eV/atom over all {err['n']} picks with a prediction "
                                f"({_fmt(err['within_1sigma'], '.0%')} within 1σ); last round alone "

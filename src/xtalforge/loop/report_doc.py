@@ -83,7 +83,9 @@ def render_markdown(doc: dict, folder: Path) -> str:
     out = [f"# {doc['title']}", "", doc["headline"], ""]
     out += [f"- **{k}**: " + (f"[{v}]({href})" if href else str(v)) for k, v, href in doc["facts"]] + [""]
     if doc.get("hull"):
-        out += ["**The hull and the references**", ""] + [f"- {x}" for x in doc["hull"]] + [""]
+        # indented lines are details of the line above: nested items
+        out += ["**The hull and the references**", ""]
+        out += [" " * (len(x) - len(x.lstrip())) + f"- {x.strip()}" for x in doc["hull"]] + [""]
     out += [" · ".join(f"[{t}]({h})" for t, h in doc["links"]), "", "## What to look at next", ""]
     for key, title in NEXT_TITLES:
         out += [f"**{title}**", ""] + [f"- {x}" for x in doc["next"][key]] + [""]
@@ -155,7 +157,9 @@ def render_html(doc: dict, folder: Path | None = None) -> str:
     out += [f"<tr><th>{e(k)}</th><td>{_a(str(v), href) if href else e(str(v))}</td></tr>" for k, v, href in doc["facts"]]
     out.append("</table>")
     if doc.get("hull"):
-        out += ["<p><b>The hull and the references</b></p><ul>"] + [f"<li>{e(x)}</li>" for x in doc["hull"]] + ["</ul>"]
+        # folded: it is long, and what to look at next should be on the first screen
+        out += [f"<details><summary><b>The hull and the references</b>: {e(doc['hull'][0].strip())}</summary><ul>"]
+        out += [f"<li>{e(x)}</li>" for x in doc["hull"][1:]] + ["</ul></details>"]
     out += ["<p class='links'>" + "".join(_a(t, h) for t, h in doc["links"]) + "</p>",
             "<h2 id='next'>What to look at next</h2><div class='next'>"]
     ids = {d["id"] for d in doc["top"]}
