@@ -178,7 +178,7 @@ def score_run(method: str, chemsys: str, seed: int, run_dir: Path, targets: list
     for k in sorted(keys, key=lambda k: e_hull.get(k, float("inf"))):  # the lowest polymorph represents
         if e_hull.get(k, float("inf")) > stable_tol + 1e-9:
             break
-        c = Candidate(structure=relaxed[k], source=cands[k].source if k in cands else "", id=k)
+        c = Candidate(structure=relaxed[k], source=cands[k].source if k in cands else "", round=0, id=k)
         if dd.add(c) and not known_index.match(relaxed[k]):
             score.new_sun += 1
     return score

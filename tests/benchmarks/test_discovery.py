@@ -81,3 +81,39 @@ def test_tiny_random_run_scores_and_ends_with_the_ratio(bench, tmp_path, capsys)
     again = bench.main([*args, "--reuse"])
     out2 = capsys.readouterr()
     assert again == ratio and "random-Ba-O-Sn-s0:" not in out2.err  # scored, not rerun
+
+
+def test_scoring_counts_a_found_target_and_a_new_ground_state(bench, tmp_path):
+    """A real store with three relaxations: a loose random cell (far above the hull), the hidden
+    BaSnO3 at its MP energy (found at relaxation 2, stable but known: no new SUN) and a BaSn2O5
+    no one knows, put below the hull (the one new SUN)."""
+    from pymatgen.core import Lattice, Structure
+
+    from xtalforge.loop.store import CampaignStore
+    from xtalforge.references.hulls import build_reference_hulls
+    from xtalforge.types import Candidate, Measurement
+
+    targets = bench.rediscovery_targets("Ba-O-Sn", 8)
+    basno3 = next(p for p in targets if p.formula == "BaSnO3")
+    junk = Structure(Lattice.cubic(6.0), ["Ba", "Sn", "O", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0]])
+    new = Structure(Lattice.tetragonal(4.0, 12.0), ["Ba", "Sn", "Sn"] + ["O"] * 5,
+                    [[0, 0, 0], [0.5, 0.5, 0.2], [0.5, 0.5, 0.8], [0.5, 0, 0.2], [0, 0.5, 0.2], [0.5, 0, 0.8],
+                     [0, 0.5, 0.8], [0.5, 0.5, 0.5]])
+    rows = [(junk, 0.0), (basno3.structure, basno3.energy_per_atom), (new, basno3.energy_per_atom - 1.0)]
+    run = tmp_path / "run"
+    run.mkdir()
+    st = CampaignStore(f"sqlite:///{run / 'store.db'}")
+    for i, (s, e) in enumerate(rows):
+        c = Candidate(structure=s, source=["random_symmetric", "substitution", "evolutionary"][i], round=i + 1)
+        st.add_candidates([c])
+        st.add_measurement(Measurement(candidate_id=c.id, oracle="mlip", fidelity=1, values={"energy_per_atom": e},
+                                       relaxed=s))
+    st.close()
+    known = load_known("Ba-O-Sn", ["snapshot"])
+    hulls = build_reference_hulls(known, None)  # the DFT hull: MP energies stand in for the MLIP's here
+    index = KnownStructures(known.with_structure())
+    score = bench.score_run("loop", "Ba-O-Sn", 0, run, targets, hulls, index, 0.001, 0.05)
+    assert score.relaxations == 3
+    assert score.found == {"mp-3163": 2} and score.found_by == {"mp-3163": "substitution"}
+    assert score.new_sun == 1 and score.near == 1
+    assert hulls.dft.all_e_above_hull() == {}, "scoring works on a copy of the hulls"
