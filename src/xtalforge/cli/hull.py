@@ -15,7 +15,8 @@ import math
 import sys
 from pathlib import Path
 
-from xtalforge.cli.main import _fail  # one error format for every subcommand
+from xtalforge.cli.errors import EXIT_FAILED, EXIT_OK
+from xtalforge.cli.errors import fail as _fail  # one error format for every subcommand
 
 COLUMNS = ["formula", "e_above_hull", "e_above_hull_dft", "known_match", "novel", "decomposition"]
 
@@ -122,9 +123,7 @@ def run(a: argparse.Namespace) -> int:
     if out is not None:
         _write_csv(out, rows)
         print(f"wrote {out}")
-    for line in failures:
-        print(f"error: {line}", file=sys.stderr)
-    return 1 if failures else 0
+    return _fail(failures, EXIT_FAILED) if failures else EXIT_OK
 
 
 def _print(files: list[str], rows: list[dict]) -> None:

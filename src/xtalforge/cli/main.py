@@ -28,13 +28,8 @@ def _quiet() -> None:
     os.environ.setdefault("TQDM_MININTERVAL", "0.5")
 
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-
-def _fail(lines: list[str], code: int = EXIT_BAD_INPUT) -> int:
-    for line in lines:
-        print(f"error: {line}", file=sys.stderr)
-    return code
+from xtalforge.cli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK  # noqa: E402
+from xtalforge.cli.errors import fail as _fail  # noqa: E402
 
 
 def _port(text: str) -> int:

@@ -11,9 +11,10 @@ so that building the CLI parser does not load torch.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
+
+from xtalforge.cli.errors import EXIT_FAILED, fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_sample)
 
 
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
@@ -45,38 +43,38 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from xtalforge.generators.wyckoff.mp_data import normalise_chemsys
 
     if a.n <= 0:
-        return _fail(f"--n must be at least 1 (got {a.n})")
+        return fail(f"--n must be at least 1 (got {a.n})")
     if a.max_atoms < 1:
-        return _fail(f"--max-atoms must be at least 1 (got {a.max_atoms})")
+        return fail(f"--max-atoms must be at least 1 (got {a.max_atoms})")
     if a.temperature <= 0:
-        return _fail(f"--temperature must be positive (got {a.temperature})")
+        return fail(f"--temperature must be positive (got {a.temperature})")
     try:
         elements = normalise_chemsys(a.chemsys).split("-")
     except ValueError as err:
-        return _fail(f"--chemsys: {err}")
+        return fail(f"--chemsys: {err}")
     if any(Element(e).Z > 100 for e in elements):
-        return _fail(f"--chemsys: the generator's vocabulary stops at Fm (Z = 100): {a.chemsys}")
+        return fail(f"--chemsys: the generator's vocabulary stops at Fm (Z = 100): {a.chemsys}")
     if len(elements) > a.max_atoms:
-        return _fail(f"--chemsys {a.chemsys}: {len(elements)} elements cannot share {a.max_atoms} atoms")
+        return fail(f"--chemsys {a.chemsys}: {len(elements)} elements cannot share {a.max_atoms} atoms")
     for g in a.spacegroup or []:
         if not 1 <= g <= 230:
-            return _fail(f"--spacegroup {g}: space groups are numbered 1 to 230")
+            return fail(f"--spacegroup {g}: space groups are numbered 1 to 230")
     composition = None
     if a.composition:
         try:
             comp = Composition(a.composition).reduced_composition
         except Exception:
-            return _fail(f"--composition: cannot read {a.composition!r} as a formula")
+            return fail(f"--composition: cannot read {a.composition!r} as a formula")
         if not set(str(e) for e in comp.elements) <= set(elements):
-            return _fail(f"--composition {a.composition} has elements outside --chemsys {a.chemsys}")
+            return fail(f"--composition {a.composition} has elements outside --chemsys {a.chemsys}")
         if comp.num_atoms > a.max_atoms or comp.num_atoms != int(comp.num_atoms):
-            return _fail(f"--composition {a.composition}: {comp.num_atoms:g} atoms per formula unit do not fit "
+            return fail(f"--composition {a.composition}: {comp.num_atoms:g} atoms per formula unit do not fit "
                          f"--max-atoms {a.max_atoms}")
         composition = {Element(str(e)).Z: int(c) for e, c in comp.items()}
 
     out = Path(a.out)
     if (out / "samples.csv").exists():
-        return _fail(f"{out / 'samples.csv'} exists; choose another --out (nothing was overwritten)")
+        return fail(f"{out / 'samples.csv'} exists; choose another --out (nothing was overwritten)")
 
     import torch
 
@@ -91,12 +89,12 @@ def cmd_sample(a: argparse.Namespace) -> int:
         check_vocabulary(folder, elements)
         model = load_checkpoint(folder)
     except CheckpointError as err:
-        return _fail(str(err))
+        return fail(str(err))
     tables = wyckoff_tables()
     cons = Constraints(elements=tuple(sorted(Element(e).Z for e in elements)), max_atoms=a.max_atoms,
                        spacegroups=tuple(a.spacegroup) if a.spacegroup else None)
     if not bool(cons.sg_mask(model, 1).any()):
-        return _fail(f"no allowed space group has an orbit small enough for --max-atoms {a.max_atoms}")
+        return fail(f"no allowed space group has an orbit small enough for --max-atoms {a.max_atoms}")
     gen = torch.Generator().manual_seed(a.seed)
     t0 = time.perf_counter()
     with torch_threads(a.threads):
@@ -105,8 +103,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if not got:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(why.items())) or "none"
-        print(f"error: no valid crystal in {8} rounds of drawing (rejected: {reasons})", file=sys.stderr)
-        return 1
+        return fail(f"no valid crystal in 8 rounds of drawing (rejected: {reasons})", EXIT_FAILED)
     _write(out, got)
     balanced = sum(d.balanced for d in got)
     print(f"{len(got)} crystals ({balanced} charge-balanced) in {seconds:.1f} s -> {out}/samples.csv"

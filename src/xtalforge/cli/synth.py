@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from xtalforge.cli.main import _fail  # one error format for every subcommand
+from xtalforge.cli.errors import fail as _fail  # one error format for every subcommand
 
 
 def cmd_train(a: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from xtalforge.cli.errors import fail
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pre-train the Wyckoff generator on known crystals (MP table or CIF CSV)")
@@ -58,13 +60,11 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
     data = Path(a.data)
     if not data.is_file():
-        print(f"error: no such file {data}", file=sys.stderr)
-        return 2
+        return fail(f"no such file {data}")
     try:
         excluded = sorted({normalise_chemsys(c) for c in a.exclude_chemsys})
     except ValueError as err:
-        print(f"error: --exclude-chemsys: {err}", file=sys.stderr)
-        return 2
+        return fail(f"--exclude-chemsys: {err}")
     progress = not a.no_progress
     tables = wyckoff_tables()
     try:
@@ -73,12 +73,10 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
         else:
             split, card = _cif_csv(data, tables, a, excluded, progress)
     except (ValueError, KeyError, OSError) as err:
-        print(f"error: {data}: {err}", file=sys.stderr)
-        return 2
+        return fail(f"{data}: {err}")
     seqs, val, test = split["train"], split.get("val"), split.get("test", [])
     if not seqs:
-        print(f"error: {data}: no structure could be encoded", file=sys.stderr)
-        return 2
+        return fail(f"{data}: no structure could be encoded")
     max_sites = a.max_sites or max(q.n_sites for q in seqs)
     mcfg = SIZES[a.model_size](max_sites)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, threads=a.threads,
