@@ -112,6 +112,7 @@ class RunScore:
     relaxations: int = 0
     found: dict[str, int] = field(default_factory=dict)
     found_by: dict[str, str] = field(default_factory=dict)  # material id -> the generator that proposed it
+    proposed: dict[str, str] = field(default_factory=dict)  # material id -> generator of an unrelaxed match in the pool
     new_sun: int = 0
     near: int = 0
     non_oracle_share: float = float("nan")  # of round wall time, rounds after the first
@@ -152,9 +153,14 @@ def score_run(method: str, chemsys: str, seed: int, run_dir: Path, targets: list
         ms = st.measurements(oracle="mlip")
         cands = {c.id: c for c in st.candidates(ids=[m.candidate_id for m in ms])}
         later = [r for _, r in sorted(st.round_metrics().items())][1:]
+        pool = st.candidates()
     finally:
         st.close()
     score.relaxations = len(ms)
+    for c in pool:  # did a generator put the target in the pool, relaxed by the loop or not?
+        mid = target_index.match(c.structure)
+        if mid and mid not in score.proposed:
+            score.proposed[mid] = c.source
     total = sum(r.get("time_round_s", 0.0) for r in later)
     if total > 0:
         score.non_oracle_share = 1.0 - sum(r.get("time_oracle_s", 0.0) for r in later) / total
@@ -203,6 +209,11 @@ def report(scores: list[RunScore], methods: list[str], systems: list[str], targe
                                                         sorted(s.found.items(), key=lambda t: t[1]))
                              for s in mine if s.found)
             print(f"  {cs:9s} {per_seed}" + (f"   (relaxations until found: {when})" if when else ""))
+            missed = "; ".join(f"s{s.seed} " + ", ".join(f"{_formula(targets[cs], k)} ({v})" for k, v in s.proposed.items()
+                                                           if k not in s.found)
+                               for s in mine if set(s.proposed) - set(s.found))
+            if missed:
+                print(f"  {'':9s} proposed unrelaxed but never picked: {missed}")
         sun = [100.0 * s.new_sun / max(1, s.relaxations) for s in runs]
         share = [100.0 * s.near / max(1, s.relaxations) for s in runs]
         print(f"  new SUN per 100 relaxations {_ms(sun)}; within {1000 * near:.0f} meV/atom of the hull "

@@ -115,5 +115,6 @@ def test_scoring_counts_a_found_target_and_a_new_ground_state(bench, tmp_path):
     score = bench.score_run("loop", "Ba-O-Sn", 0, run, targets, hulls, index, 0.001, 0.05)
     assert score.relaxations == 3
     assert score.found == {"mp-3163": 2} and score.found_by == {"mp-3163": "substitution"}
+    assert score.proposed == {"mp-3163": "substitution"}
     assert score.new_sun == 1 and score.near == 1
     assert hulls.dft.all_e_above_hull() == {}, "scoring works on a copy of the hulls"
