@@ -174,10 +174,10 @@ def local_embed(root: str | Path | None = None) -> Callable[[list[Structure]], n
 
 
 def cache_path(key: str, featurizer: str, root: str | Path | None = None) -> Path:
-    """Where CHGNet features of data set `key` go: ~/.cache/xtalforge (or XTALFORGE_CACHE)."""
-    import os
+    """Where CHGNet features of data set `key` go: `root`, else `paths.cache_root()`."""
+    from xtalforge.paths import cache_root
 
-    base = Path(root or os.environ.get("XTALFORGE_CACHE", Path.home() / ".cache" / "xtalforge"))
+    base = Path(root) if root else cache_root()
     h = hashlib.sha1(key.encode()).hexdigest()[:16]
     return base / f"{featurizer.replace('+', '_')}_{h}.npz"
 

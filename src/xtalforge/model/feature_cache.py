@@ -10,7 +10,6 @@ never served a stale row.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,8 +18,10 @@ from pymatgen.core import Structure
 
 
 def default_cache_root() -> Path:
-    """~/.cache/xtalforge, or $XTALFORGE_CACHE."""
-    return Path(os.environ.get("XTALFORGE_CACHE", Path.home() / ".cache" / "xtalforge"))
+    """`paths.cache_root()`: ~/.cache/xtalforge, or $XTALFORGE_CACHE_DIR."""
+    from xtalforge.paths import cache_root
+
+    return cache_root()
 
 
 def fingerprint(s: Structure) -> str:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -80,14 +79,10 @@ def relax_settings(fmax: float, max_steps: int, relax_cell: bool = True, model_o
 
 
 def default_cache_dir() -> Path:
-    """$XTALFORGE_CACHE_DIR, else $XDG_CACHE_HOME/xtalforge, else ~/.cache/xtalforge; known
-    phases go in its `known_relaxed` folder, shared by every campaign of this user."""
-    env = os.environ.get("XTALFORGE_CACHE_DIR")
-    if env:
-        base = Path(env)
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xtalforge"
-    return base / "known_relaxed"
+    """The `known_relaxed` folder of `paths.cache_root()`, shared by every campaign of this user."""
+    from xtalforge.paths import cache_root
+
+    return cache_root() / "known_relaxed"
 
 
 def settings_hash(settings: Mapping[str, object]) -> str:

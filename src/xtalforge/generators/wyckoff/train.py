@@ -111,7 +111,11 @@ def cached_encodings(path: str | Path, tables: WyckoffTables, tol: float = 0.01,
     """Encode a CIF CSV once; later calls read a JSON cache keyed by the file's size, mtime and tol."""
     path = Path(path)
     st = path.stat()
-    cache_dir = Path(cache_dir or Path.home() / ".cache" / "xtalforge" / "wyckoff")
+    if cache_dir is None:
+        from xtalforge.paths import cache_root
+
+        cache_dir = cache_root() / "wyckoff"
+    cache_dir = Path(cache_dir)
     key = f"{path.stem}-{st.st_size}-{int(st.st_mtime)}-{tol}.json"
     cache = cache_dir / key
     if cache.is_file():
