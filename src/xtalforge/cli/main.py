@@ -65,9 +65,10 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     try:
         from xtalforge.generators.registry import build_generator
+        from xtalforge.loop.proposals import generator_options
 
         for g in cfg.generators:  # fail fast on a system no generator can serve
-            build_generator(g.name, cfg.elements, cfg.max_atoms, g.options)
+            build_generator(g.name, cfg.elements, cfg.max_atoms, generator_options(cfg, g))
     except (NoCompositionError, ValueError, TypeError, KeyError) as err:
         return _fail([f"generators: {err}"])
     owns_ray = False

@@ -27,13 +27,23 @@ from xtalforge.types import Candidate, Measurement, RoundContext, Status
 Plan = tuple[dict[str, int], dict[str, float]]
 
 
+def generator_options(cfg: CampaignConfig, g) -> dict:
+    """A generator's options, with the systems the campaign hides (`references.exclude_chemsys`)
+    passed to the one that draws prototypes from known materials: a hidden system must not
+    leak into its library."""
+    opts = dict(g.options)
+    if g.name == "substitution" and cfg.references.exclude_chemsys:
+        opts.setdefault("exclude_chemsys", list(cfg.references.exclude_chemsys))
+    return opts
+
+
 class Proposer:
     """The campaign's generators with their budget bandit, validity filter and deduplicator."""
 
     def __init__(self, cfg: CampaignConfig, store: CampaignStore, synth=None):
         self.cfg, self.store, self.synth = cfg, store, synth
         self.limits = ValidityLimits(max_atoms=cfg.max_atoms)
-        self.generators: list[Generator] = [build_generator(g.name, cfg.elements, cfg.max_atoms, g.options)
+        self.generators: list[Generator] = [build_generator(g.name, cfg.elements, cfg.max_atoms, generator_options(cfg, g))
                                             for g in cfg.generators]
         self.dedup = Deduplicator([])
         self.ray_ready = threading.Event()  # proposals split over Ray tasks wait for it
