@@ -96,6 +96,9 @@ class CampaignResults:
         self._evaluated_index: dict[str, list[tuple[str, object]]] = {}  # formula -> (id, structure)
         self._evaluated_seen: set[str] = set()
         self._duplicates: dict[str, str] = {}  # pool candidate -> the evaluated one it repeats
+        # pool candidate -> how many structures of its formula's bucket it was matched against;
+        # buckets only grow, so a later look needs only the ones added since
+        self._checked_against: dict[str, int] = {}
 
     @classmethod
     def load(cls, cfg: CampaignConfig, store: CampaignStore, run_dir: Path) -> CampaignResults:
@@ -203,9 +206,8 @@ class CampaignResults:
                     if s is not None:
                         self._evaluated_index.setdefault(s.composition.reduced_formula, []).append((k, s))
                 self._evaluated_seen.add(k)
-            self._checked_against = {}  # every pool candidate is checked again, against the grown index
         out = {}
-        checked = getattr(self, "_checked_against", {})
+        checked = self._checked_against
         for c in cands:
             if c.id in self._duplicates:
                 out[c.id] = self._duplicates[c.id]
@@ -217,7 +219,6 @@ class CampaignResults:
                 checked[c.id] = len(refs)
                 if hit:
                     self._duplicates[c.id] = out[c.id] = hit
-        self._checked_against = checked
         return out
 
     def stable(self, e_hull: dict[str, float] | None = None) -> list[str]:

@@ -77,18 +77,20 @@ class Selector:
         cfg, acfg = self.cfg, self.cfg.acquisition
         screen = self.results.screen
         measured = self.results.measured
-        all_ids = [c.id for c in self.store.candidates()]
+        # read once a round: the pool's structures and meta serve every step below
+        stored = {c.id: c for c in self.store.candidates()}
+        all_ids = list(stored)
         feats = self.store.features(all_ids)
         chosen = set(self.store.selected(screen))
         pool_ids, X_pool = pool_matrix([i for i in all_ids if i not in chosen and i not in measured], feats)
         metrics: dict[str, float] = {"pool_size": float(len(pool_ids))}
-        repeats = self.results.repeats_of_evaluated(self.store.candidates(ids=pool_ids))
+        repeats = self.results.repeats_of_evaluated([stored[i] for i in pool_ids])
         if repeats:  # never spend an oracle call on a structure already evaluated, as start or result
             keep = np.array([i not in repeats for i in pool_ids])
             pool_ids, X_pool = [i for i, k in zip(pool_ids, keep) if k], X_pool[keep]
             metrics["pool_repeats_of_evaluated"] = float(len(repeats))
         if self.synth is not None and pool_ids:
-            pool_ids, X_pool = self._synth_filter(pool_ids, X_pool, metrics)
+            pool_ids, X_pool = self._synth_filter(pool_ids, X_pool, metrics, stored)
         if not pool_ids:
             self.echo("  pool is empty: every candidate is evaluated; nothing to pick this round")
             return metrics
@@ -115,7 +117,7 @@ class Selector:
             X_seen = data[objectives[0].name].X if n_primary else None
             picks = farthest_point(X_pool, q, rng, exclude=X_seen)
         else:
-            picks = self._acquire(r, data, feats, pool_ids, X_pool, X_pending, objectives, kinds, rng, metrics)
+            picks = self._acquire(r, data, feats, pool_ids, X_pool, X_pending, objectives, kinds, rng, metrics, stored)
         self.store.add_selection(r, screen, [(pool_ids[i], v) for i, v in zip(picks.indices, picks.values)])
         metrics["acquisition_method_is_model"] = float(not model_free and picks.method != "farthest_point")
         self.echo(f"  picked {len(picks.indices)} of {len(pool_ids)} by {picks.method}")
@@ -123,7 +125,8 @@ class Selector:
 
     def _acquire(self, r: int, data: dict, feats: Mapping[str, np.ndarray], pool_ids: list[str],
                  X_pool: np.ndarray, X_pending: np.ndarray | None, objectives: list[Target],
-                 kinds: list[str], rng: np.random.Generator, metrics: dict[str, float]) -> Picks:
+                 kinds: list[str], rng: np.random.Generator, metrics: dict[str, float],
+                 stored: Mapping[str, Candidate]) -> Picks:
         """Fit the surrogate on `data` and let the acquisition pick; records the pick-time
         predictions of e_above_hull for the calibration metrics."""
         from xtalforge.model.surrogate import Surrogate
@@ -140,7 +143,7 @@ class Selector:
                         "surrogate_multi_fidelity": float(first.kind.startswith("multi_fidelity"))})
         for name, rep in reports.items():
             metrics[f"surrogate_nll_{name}"] = rep.nll
-        known = self._known_values(pool_ids, [c.name for c in acfg.constraints if c.name not in data])
+        known = self._known_values(pool_ids, [c.name for c in acfg.constraints if c.name not in data], stored)
         # a constraint nothing has measured yet (a lab quantity, say) waits for its first value
         active = [Constraint(c.name, c.op, c.threshold) for c in acfg.constraints
                   if c.name in data or (known and c.name in known)]
@@ -168,28 +171,26 @@ class Selector:
                 self.results.predicted[pool_ids[i]] = (float(mean[k, j]), float(std[k, j]))
         return picks
 
-    def _known_values(self, ids: list[str], names: list[str]) -> dict[str, np.ndarray] | None:
+    @staticmethod
+    def _known_values(ids: list[str], names: list[str], stored: Mapping[str, Candidate]) -> dict[str, np.ndarray] | None:
         """Per-candidate values (candidate.meta) of constrained quantities no oracle measures,
         e.g. a synthesizability score; NaN where a candidate lacks one (it is then filtered)."""
         if not names:
             return None
-        meta = {c.id: c.meta or {} for c in self.store.candidates(ids=ids)}
-        out = {n: np.array([float(meta.get(i, {}).get(n, np.nan)) for i in ids]) for n in names}
+        out = {n: np.array([float((stored[i].meta or {}).get(n, np.nan)) for i in ids]) for n in names}
         return {n: v for n, v in out.items() if np.isfinite(v).any()} or None
 
-    def _synth_filter(self, pool_ids: list[str], X_pool: np.ndarray,
-                      metrics: dict[str, float]) -> tuple[list[str], np.ndarray]:
+    def _synth_filter(self, pool_ids: list[str], X_pool: np.ndarray, metrics: dict[str, float],
+                      stored: Mapping[str, Candidate]) -> tuple[list[str], np.ndarray]:
         """Keep the pool candidates whose P(synthesizable) reaches the configured minimum
         (the whole pool, with a message, when none does)."""
         from xtalforge.synthesis.metrics import feasible_mask, synth_metrics
 
         thr = self.cfg.synthesis.min_p_synth
-        meta = {c.id: c.meta for c in self.store.candidates(ids=pool_ids)}
-        p = np.array([float(meta.get(i, {}).get("p_synth", np.nan)) for i in pool_ids])
+        p = np.array([float((stored[i].meta or {}).get("p_synth", np.nan)) for i in pool_ids])
         missing = ~np.isfinite(p)
         if missing.any():  # candidates stored before a model was configured
-            cands = {c.id: c for c in self.store.candidates(ids=[i for i, m in zip(pool_ids, missing) if m])}
-            p[missing] = np.asarray(self.synth.score([cands[i] for i, m in zip(pool_ids, missing) if m]))
+            p[missing] = np.asarray(self.synth.score([stored[i] for i, m in zip(pool_ids, missing) if m]))
         metrics.update(synth_metrics(p, thr, prefix="p_synth_pool"))
         if self.cfg.synthesis.use != "constraint":
             return pool_ids, X_pool
