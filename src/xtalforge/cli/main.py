@@ -81,14 +81,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         except RayConnectError as err:
             return _fail([str(err)], EXIT_FAILED)
     from xtalforge.loop.campaign import Campaign
-    from xtalforge.loop.config_guard import record_config
-    from xtalforge.loop.run_paths import portable_config
 
     try:
+        # the campaign records its config (as config.yaml names files) when it starts running
         camp = Campaign.create(cfg, progress=not a.no_progress)
-        # stored as config.yaml would name its files (relative to the run folder where they are
-        # beside it), so moving the runs/ folder does not count as a change on resume
-        record_config(camp.store, portable_config(camp.cfg.model_dump(mode="json"), camp.run_dir))
         print(f"campaign {cfg.name} in {camp.run_dir}  ({cfg.chemsys}, {cfg.rounds} rounds x "
               f"{cfg.acquisition.batch_size} relaxations)")
         camp.run(stop_after=a.stop_after)
@@ -131,7 +127,7 @@ def _run_config(run: Path):
 
 def cmd_resume(a: argparse.Namespace) -> int:
     from xtalforge.config import ConfigError
-    from xtalforge.loop.config_guard import check_resume, record_config, stored_config
+    from xtalforge.loop.config_guard import guard_resume
     from xtalforge.loop.lock import CampaignLocked, lock_holder
     from xtalforge.loop.run_paths import portable_config
     from xtalforge.loop.store import CampaignStore
@@ -152,12 +148,13 @@ def cmd_resume(a: argparse.Namespace) -> int:
         return _fail(err.problems)
     st = CampaignStore(f"sqlite:///{(run / 'store.db').resolve()}")
     try:
-        edited = portable_config(cfg.model_dump(mode="json"), run)
-        changed = check_resume(stored_config(st), edited, a.allow_config_change or [])
-        if changed:
-            return _fail([f"{run / 'config.yaml'}: {line}" for line in changed])
         done = sum(1 for s in st.stages().values() if s == "done")
-        for path, (old, new) in record_config(st, edited, round=done).items():
+        try:  # before anything starts: a refused edit costs no Ray, no model load
+            changes = guard_resume(st, portable_config(cfg.model_dump(mode="json"), run), done,
+                                   a.allow_config_change or [])
+        except ConfigError as err:
+            return _fail([f"{run / 'config.yaml'}: {line}" for line in err.problems])
+        for path, (old, new) in changes.items():
             print(f"config change from round {done + 1}: {path}: {old!r} -> {new!r}")
     finally:
         st.close()

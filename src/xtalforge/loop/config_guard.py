@@ -120,12 +120,14 @@ def record_config(store: KeyValueStore, config: Mapping[str, Any], round: int | 
     return changes
 
 
-def guard_resume(store, config_dump: Mapping[str, Any], rounds_done: int, allow: Iterable[str] = ()) -> None:
+def guard_resume(store, config_dump: Mapping[str, Any], rounds_done: int,
+                 allow: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
     """Refuse an edited config whose changes alter results (unless `allow` names them; raises
-    ConfigError, one line per change), and record what changed from which round on."""
+    ConfigError, one line per change), and record what changed from which round on; returns
+    the changes recorded now (setting -> (old, new))."""
     from xtalforge.config import ConfigError
 
     problems = check_resume(stored_config(store), config_dump, allow)
     if problems:
         raise ConfigError(problems)
-    record_config(store, config_dump, round=rounds_done)
+    return record_config(store, config_dump, round=rounds_done)
