@@ -26,7 +26,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 DRIVER = """
 import os, sys
 import ray
-from xtalforge.loop.executor import resolve_workers, start_ray
+from xtalforge.loop.executor import start_ray
+from xtalforge.oracles.mlip.oracle import resolve_workers
 address = sys.argv[1] or None
 owns = start_ray(address, num_cpus=1, runtime_env={"env_vars": {"XF_MARK": "from-runtime-env"}})
 

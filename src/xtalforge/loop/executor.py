@@ -30,7 +30,6 @@ import ray
 from pymatgen.core import Structure
 
 from xtalforge.generators.base import Generator
-from xtalforge.oracles.mlip.oracle import cluster_cpus, resolve_workers  # noqa: F401  (sizes the MLIP pool)
 from xtalforge.types import Candidate, RoundContext
 
 log = logging.getLogger(__name__)
