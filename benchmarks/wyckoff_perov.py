@@ -21,15 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xtalforge.loop.dedup import structure_classes
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "perov_5" / "val.csv"
-
-
-def unique_groups(structures: list, matcher) -> int:
-    """Number of StructureMatcher classes, comparing only structures with the same formula."""
-    buckets: dict[str, list] = defaultdict(list)
-    for s in structures:
-        buckets[s.composition.reduced_formula].append(s)
-    return sum(len(matcher.group_structures(b)) for b in buckets.values())
 
 
 def main() -> None:
@@ -91,7 +85,7 @@ def main() -> None:
     comp_cb = sum(is_charge_balanced(s.composition) for s in ok) / a.samples
     matcher = StructureMatcher()
     t = time.perf_counter()
-    uniq = unique_groups(ok, matcher) / a.samples
+    uniq = structure_classes(ok, matcher) / a.samples
     # novelty: not a StructureMatcher match of any training structure with the same formula
     train_by_formula: dict[str, list] = defaultdict(list)
     for q in seqs:

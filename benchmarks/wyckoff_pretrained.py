@@ -29,15 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xtalforge.loop.dedup import structure_classes
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mp_reference" / "mp_structures.csv.gz"
-
-
-def group_count(structures: list, matcher) -> int:
-    """StructureMatcher classes, comparing only structures with the same reduced formula."""
-    buckets: dict[str, list] = defaultdict(list)
-    for s in structures:
-        buckets[s.composition.reduced_formula].append(s)
-    return sum(len(matcher.group_structures(b)) for b in buckets.values())
 
 
 def main() -> None:
@@ -60,7 +54,7 @@ def main() -> None:
     from smact.screening import smact_validity
 
     from xtalforge.generators.compositions import is_charge_balanced
-    from xtalforge.generators.wyckoff.drawing import decode_checked, draw
+    from xtalforge.generators.wyckoff.drawing import draw
     from xtalforge.generators.wyckoff.encoding import decode
     from xtalforge.generators.wyckoff.model import Constraints
     from xtalforge.generators.wyckoff.mp_data import read_mp
@@ -109,7 +103,7 @@ def main() -> None:
     comp_cb = sum(is_charge_balanced(s.composition) for s in ok) / a.samples
     t = time.perf_counter()
     prims = [s.get_primitive_structure() for s in valid]
-    n_unique = group_count(prims, matcher)
+    n_unique = structure_classes(prims, matcher)
     novel = 0
     cache: dict[str, list] = {}
     for s in prims:

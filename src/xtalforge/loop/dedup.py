@@ -283,3 +283,12 @@ def is_novel(s: Structure, references: Iterable[Structure]) -> bool:
     m = _matcher()
     f = s.composition.reduced_formula
     return not any(r.composition.reduced_formula == f and m.fit(s, r) for r in references)
+
+
+def structure_classes(structures: Sequence[Structure], matcher: StructureMatcher) -> int:
+    """How many distinct crystals `structures` hold: StructureMatcher groups, compared only
+    within a reduced formula (the matcher never matches across formulas)."""
+    buckets: dict[str, list[Structure]] = {}
+    for s in structures:
+        buckets.setdefault(s.composition.reduced_formula, []).append(s)
+    return sum(len(matcher.group_structures(b)) for b in buckets.values())
