@@ -86,12 +86,11 @@ def ranked(c: CampaignResults) -> list[dict]:
     whether it matches a known material (`known_match`: its id, or "") and what the surrogate
     predicted for it when it was picked."""
     e_hull = c.hull.all_e_above_hull()
-    e_dft = c.e_above_hull_dft() if hasattr(c, "e_above_hull_dft") else {}
+    e_dft = c.e_above_hull_dft()
     cands = {x.id: x for x in c.store.candidates(ids=list(c.measured))}
     hits = c.hits()
-    novel = c.novel(list(cands.values()))
-    # candidate id -> id of the known material it matches, where the campaign knows them
-    known = getattr(c, "known_matches", dict)() or {}
+    # candidate id -> id of the known material it matches ("" for a new one): novel is no match
+    known = {cid: c.known_match(x) for cid, x in cands.items()}
     pred = c.predictions()
     rows = []
     for cid, m in c.measured.items():
@@ -113,7 +112,7 @@ def ranked(c: CampaignResults) -> list[dict]:
             "density": m.values.get("density", float("nan")),
             "p_synth": _second_value(cand, m),
             "hit": cid in hits,
-            "novel": cid in novel and not match,
+            "novel": not match,
             "known_match": match,
             "pred_e_above_hull": p[0],
             "pred_e_above_hull_std": p[1],

@@ -182,11 +182,6 @@ class CampaignResults:
             self._matches[key] = self.known_index().match(m.relaxed if relaxed else c.structure)
         return self._matches[key]
 
-    def known_matches(self) -> dict[str, str]:
-        """Evaluated candidate id -> the material id of the known phase it is ('' for a new one)."""
-        cands = self.store.candidates(ids=list(self.measured))
-        return {c.id: self.known_match(c) for c in cands}
-
     def novel(self, cands: Sequence[Candidate]) -> set[str]:
         """Ids among `cands` that match no known phase (a match is a rediscovery, never new)."""
         return {c.id for c in cands if not self.known_match(c)}
