@@ -50,7 +50,7 @@ def policy_update(policy: WyckoffTransformer, ref: WyckoffTransformer, seqs: lis
     adv = adv / max(float(r.std()) if n >= 2 else 0.0, 0.1)
     with torch.no_grad():
         lp_old = policy.log_prob(batch, cons)
-    kl_seqs, _ = sample(policy, cfg.kl_samples, cons, gen)
+    kl_seqs, _ = sample(policy, cfg.kl_samples, cons, gen, min_distance=None)  # the policy's own draws
     kl_batch = collate(kl_seqs, policy.cfg.max_sites)
     with torch.no_grad():
         lp_ref_kl = ref.log_prob(kl_batch, cons)
@@ -79,7 +79,7 @@ def policy_update(policy: WyckoffTransformer, ref: WyckoffTransformer, seqs: lis
 def kl_estimate(policy: WyckoffTransformer, ref: WyckoffTransformer, cons: Constraints, n: int,
                 gen: torch.Generator) -> tuple[float, list[CrystalSeq]]:
     """KL(policy || ref) in nats per crystal (mean log-ratio over fresh policy samples), and the samples."""
-    seqs, lp = sample(policy, n, cons, gen)
+    seqs, lp = sample(policy, n, cons, gen, min_distance=None)  # a KL estimate needs the policy's own draws
     lp_ref = ref.log_prob(collate(seqs, policy.cfg.max_sites), cons)
     return float((lp - lp_ref).mean()), seqs
 
