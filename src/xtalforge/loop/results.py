@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from pymatgen.core import Structure
 
 from xtalforge.config import CampaignConfig
 from xtalforge.loop.store import CampaignStore
 from xtalforge.references.hull import Hull, mp2020_entry
 from xtalforge.references.hulls import ReferenceHulls
+from xtalforge.references.novelty import KnownStructures
 from xtalforge.types import Candidate, Measurement, Status
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,8 @@ class CampaignResults:
         self.predicted_round: dict[str, int] = {}
         self._known_index = None  # KnownStructures, built on first need
         self._matches: dict[tuple[str, bool], str] = {}  # (candidate id, relaxed?) -> material id or ""
-        self._evaluated_index: dict[str, list[tuple[str, object]]] = {}  # formula -> (id, structure)
+        self._evaluated_index = KnownStructures()  # starting and relaxed structures of what was evaluated
+        self._reduced: dict[str, Structure] = {}  # pool candidate -> its structure as the index compares it
         self._evaluated_seen: set[str] = set()
         self._duplicates: dict[str, str] = {}  # pool candidate -> the evaluated one it repeats
         # pool candidate -> how many structures of its formula's bucket it was matched against;
@@ -161,8 +164,6 @@ class CampaignResults:
         with a structure (snapshot, mp-api, user files) and the same phases as the MLIP relaxed
         them, under the same material id."""
         if self._known_index is None:
-            from xtalforge.references.novelty import KnownStructures
-
             hull = self.hull
             index = KnownStructures(getattr(getattr(hull, "known", None), "phases", ()))
             relaxed = getattr(hull, "relaxed", None)
@@ -190,16 +191,15 @@ class CampaignResults:
         """Among `cands` (not yet evaluated), those that StructureMatcher matches to the starting
         or the relaxed structure of a candidate the screening oracle already evaluated: id ->
         that candidate's id. An oracle call on them would be spent on a structure seen before."""
-        from xtalforge.references.novelty import KnownStructures
-
         new = [k for k in self.measured if k not in self._evaluated_seen]
+        index = self._evaluated_index
         if new:
             starts = {c.id: c.structure for c in self.store.candidates(ids=new)}
             for k in new:
                 m = self.measured[k]
                 for s in (starts.get(k), m.relaxed if m.status == Status.ok else None):
                     if s is not None:
-                        self._evaluated_index.setdefault(s.composition.reduced_formula, []).append((k, s))
+                        index.add(k, s)
                 self._evaluated_seen.add(k)
         out = {}
         checked = self._checked_against
@@ -207,13 +207,16 @@ class CampaignResults:
             if c.id in self._duplicates:
                 out[c.id] = self._duplicates[c.id]
                 continue
-            refs = self._evaluated_index.get(c.structure.composition.reduced_formula, [])
-            done = checked.get(c.id, 0)
-            if done < len(refs):
-                hit = KnownStructures(refs[done:]).match(c.structure)
-                checked[c.id] = len(refs)
+            formula = c.structure.composition.element_composition.reduced_formula
+            done, n = checked.get(c.id, 0), index.count(formula)
+            if done < n:
+                if c.id not in self._reduced:  # reduced once, however many rounds it waits in the pool
+                    self._reduced[c.id] = index.reduced(c.structure)
+                hit = index.match(self._reduced[c.id], start=done, reduced=True)
+                checked[c.id] = n
                 if hit:
                     self._duplicates[c.id] = out[c.id] = hit
+                    self._reduced.pop(c.id, None)
         return out
 
     def stable(self, e_hull: dict[str, float] | None = None) -> list[str]:
