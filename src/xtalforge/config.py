@@ -139,6 +139,9 @@ class AcquisitionConfig(_Strict):
     max_exact_gp: int = Field(2000, ge=50, description="training points past which the GP uses a subset of data")
     hyper_subset: int = Field(600, ge=50, description="points the GP hyperparameters are fitted on")
     featurizer: Literal["chgnet+composition", "magpie+structure", "chgnet+magpie+structure"] = "chgnet+composition"
+    single_point: bool = Field(
+        True, description="give the surrogate each proposal's MLIP single-point e_above_hull as a low "
+        "fidelity of e_above_hull (free with the chgnet+composition featurizer: the same forward pass)")
 
     @model_validator(mode="after")
     def _kinds_fit_objectives(self) -> AcquisitionConfig:

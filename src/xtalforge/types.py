@@ -19,7 +19,7 @@ class Status(str, Enum):
 
 
 class Fidelity(int, Enum):
-    surrogate = 0
+    single_point = 0  # the MLIP's energy of an unrelaxed proposal (loop.single_point)
     mlip = 1
     lab = 2
 

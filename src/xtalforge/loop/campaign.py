@@ -328,7 +328,7 @@ class Campaign:
             seconds = time.perf_counter() - t
             # queued on the oracle's workers behind this round's relaxations: one that finishes
             # early embeds them while the other still relaxes
-            return fresh, metrics, lines, seconds, self._features(fresh) if fresh and embed else {}
+            return fresh, metrics, lines, seconds, self._features(fresh) if fresh and embed else ({}, {})
 
         return self._background.submit(work)
 
@@ -345,7 +345,7 @@ class Campaign:
         for line in lines:
             self.echo(line)
         self.store.add_generated(r, fresh, {**metrics, "time_generate_s": seconds, "generated_ahead": 1.0})
-        self.store.set_features(feats)  # a kill before this only means featurizing them again
+        self.store.set_features(*feats)  # a kill before this only means featurizing them again
         return True
 
     def _featurize(self) -> None:
@@ -354,15 +354,16 @@ class Campaign:
         have = self.store.features([c.id for c in cands])
         todo = [c for c in cands if c.id not in have]
         if todo:
-            self.store.set_features(self._features(todo))
+            self.store.set_features(*self._features(todo))
 
-    def _features(self, cands: list[Candidate]) -> dict[str, np.ndarray]:
-        from xtalforge.model.descriptors import featurize
+    def _features(self, cands: list[Candidate]) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        """Feature rows and, from the same MLIP pass, single-point energies for candidate meta."""
+        from xtalforge.loop import single_point
 
         # the default "chgnet+composition" embeds on the oracle's workers (one model load each)
-        X = featurize(self.cfg.acquisition.featurizer, [c.structure for c in cands], self.cfg.elements,
-                      embed=getattr(self.screen, "embed", None))
-        return {c.id: X[i] for i, c in enumerate(cands)}
+        acfg, m = self.cfg.acquisition, self.cfg.mlip
+        return single_point.featurize(cands, acfg.featurizer, self.cfg.elements, self.screen, acfg.single_point,
+                                      self.cfg.hull.mp2020_for(m.model) if m is not None else False)
 
     def _evaluate(self, r: int) -> list[tuple[Candidate, Measurement]]:
         """Submit round r's picks to the screening oracle and store each result as it lands."""

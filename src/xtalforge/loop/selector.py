@@ -16,10 +16,11 @@ from xtalforge.acquisition import (Acquirer, AcquisitionError, Constraint, Picks
                                    pool_matrix)
 from xtalforge.acquisition.registry import get_arm
 from xtalforge.config import CampaignConfig
+from xtalforge.loop import single_point
 from xtalforge.loop.results import CampaignResults
 from xtalforge.loop.store import CampaignStore
 from xtalforge.oracles.base import Oracle
-from xtalforge.types import Candidate, Measurement, Status
+from xtalforge.types import Candidate, Fidelity, Measurement, Status
 
 
 def most_promising(measured: Mapping[str, Measurement], e_above_hull: Mapping[str, float],
@@ -40,11 +41,15 @@ class Selector:
         self.cfg, self.store, self.results, self.synth, self.echo = cfg, store, results, synth, echo
 
     # -- training data ---------------------------------------------------------------------
-    def training_data(self, feats: Mapping[str, np.ndarray], oracles: Sequence[Oracle] = ()) -> dict:
+    def training_data(self, feats: Mapping[str, np.ndarray], oracles: Sequence[Oracle] = (),
+                      stored: Mapping[str, Candidate] | None = None) -> dict:
         """{quantity: OutcomeData} for every objective and constraint an oracle has measured:
         screening values at their fidelity (e_above_hull from the current hull), confirming
-        oracles' values at theirs (a quantity that `trains` an objective counts as it). Where
-        one quantity has several fidelities, the surrogate models them jointly."""
+        oracles' values at theirs (a quantity that `trains` an objective counts as it), and,
+        with `acquisition.single_point`, the single-point e_above_hull of every candidate that
+        has one (`stored`: the candidates, read from the store when not given) at
+        Fidelity.single_point. Where one quantity has several fidelities, the surrogate models
+        them jointly."""
         from xtalforge.model.surrogate import OutcomeData
 
         acfg = self.cfg.acquisition
@@ -63,6 +68,10 @@ class Selector:
                     v = e_hull.get(cid) if (oracle == screen and name == "e_above_hull") else m.values.get(src)
                     if v is not None:
                         rows.append((cid, float(v), int(m.fidelity)))
+            if name == "e_above_hull" and acfg.single_point and rows:
+                cands = stored if stored is not None else {c.id: c for c in self.store.candidates()}
+                low = single_point.e_above_hull({i: c for i, c in cands.items() if i in feats}, self.results.hull)
+                rows += [(cid, v, int(Fidelity.single_point)) for cid, v in low.items()]
             if rows:
                 fid = np.array([f for _, _, f in rows])
                 data[name] = OutcomeData(X=np.stack([feats[c] for c, _, _ in rows]), y=np.array([v for _, v, _ in rows]),
@@ -95,7 +104,7 @@ class Selector:
             self.echo("  pool is empty: every candidate is evaluated; nothing to pick this round")
             return metrics
         rng = np.random.default_rng([cfg.seed, r, 1])
-        data = self.training_data(feats, oracles)
+        data = self.training_data(feats, oracles, stored)
         pending_ids = [i for i in chosen if i not in measured and i in feats]
         for o in oracles:  # out at a slower oracle: pending points too
             if o.name != screen:

@@ -235,7 +235,9 @@ class CampaignStore:
             c.execute(insert(candidates), rows)
         return len(rows)
 
-    def set_features(self, feats: dict[str, np.ndarray]) -> None:
+    def set_features(self, feats: dict[str, np.ndarray], meta: dict[str, dict] | None = None) -> None:
+        """Store feature rows and merge `meta` ({id: {name: value}}) into the candidates' meta,
+        in one transaction."""
         with self.engine.begin() as c:
             for cid, f in feats.items():
                 c.execute(
@@ -243,6 +245,12 @@ class CampaignStore:
                     .where(candidates.c.id == cid)
                     .values(features=np.asarray(f, dtype=np.float64).tobytes())
                 )
+            if meta:
+                rows = c.execute(select(candidates.c.id, candidates.c.meta).where(candidates.c.id.in_(list(meta))))
+                for cid, old in list(rows):
+                    merged = {**json.loads(old or "{}"), **meta[cid]}
+                    c.execute(update(candidates).where(candidates.c.id == cid)
+                              .values(meta=json.dumps(merged, default=float)))
 
     def _cand(self, r: Any) -> Candidate:
         return Candidate(

@@ -9,9 +9,10 @@ most `max_exact` points (one Cholesky). Past `max_exact` points the surrogate sw
 subset-of-data GP: every good point is kept (the region acquisition cares about), the most recent
 ones, and an even spread of the rest. `FitReport.kind` says which was used.
 
-Multi-fidelity. When an outcome has values at several fidelities (MLIP = 1 and lab = 2 for the
-same quantity) it is modeled by a MultiTaskGP (an ICM kernel: an RBF over features times a learned
-fidelity covariance), which predicts the target fidelity; cheap results then move the prediction
+Multi-fidelity. When an outcome has values at several fidelities (an MLIP single point = 0, an
+MLIP relaxation = 1, a lab = 2 for the same quantity) it is modeled by a MultiTaskGP, one task per
+fidelity (an ICM kernel: an RBF over features times a learned fidelity covariance), which predicts
+the target fidelity; cheap results then move the prediction
 of the expensive ones as far as their learned correlation allows.
 """
 
@@ -224,14 +225,17 @@ class Surrogate:
         hi = np.where(hi - lo < 1e-9, lo + 1.0, hi)  # constant columns: unit range, never /0
         bounds = torch.as_tensor(np.stack([lo, hi]), dtype=DTYPE)
         dim = X.shape[1]
+        levels = np.unique(fid) if multi else None
 
         def build(idx: np.ndarray):
             tx = torch.as_tensor(X[idx], dtype=DTYPE)
             ty = torch.as_tensor(y[idx], dtype=DTYPE).unsqueeze(-1)
             if multi:
-                task = torch.as_tensor((fid[idx] == target).astype(np.float64), dtype=DTYPE).unsqueeze(-1)
-                return MultiTaskGP(torch.cat([tx, task], -1), ty, task_feature=-1, output_tasks=[1],
-                                   all_tasks=[0, 1],
+                # one task per fidelity (the MLIP's single point, its relaxation, a lab ...)
+                task = torch.as_tensor(np.searchsorted(levels, fid[idx]).astype(np.float64), dtype=DTYPE).unsqueeze(-1)
+                return MultiTaskGP(torch.cat([tx, task], -1), ty, task_feature=-1,
+                                   output_tasks=[int(np.searchsorted(levels, target))],
+                                   all_tasks=list(range(len(levels))),
                                    input_transform=Normalize(dim + 1, indices=list(range(dim)), bounds=bounds),
                                    outcome_transform=Standardize(m=1))
             return SingleTaskGP(tx, ty, covar_module=_covar_module(self.kernel, dim),

@@ -59,8 +59,8 @@ class MLIPWorker:
                    timeout_s: float | None, properties: tuple[str, ...] = ()) -> list[RelaxResult]:
         return self.relaxer.relax_many(structures, fmax, max_steps, relax_cell, timeout_s, properties)
 
-    def embed(self, structures: list[Structure]) -> np.ndarray:
-        return self.relaxer.embed(structures)
+    def embed(self, structures: list[Structure], energy: bool = False) -> np.ndarray:
+        return self.relaxer.embed(structures, energy=energy)
 
 
 def cluster_device(device: str = "auto") -> str:
@@ -295,13 +295,23 @@ class MLIPOracle:
                     progress(1)
 
     def embed(self, structures: list[Structure], chunk: int = 32) -> np.ndarray:
-        """Embeddings spread over the actor pool."""
+        """Embeddings (N, 64) spread over the actor pool."""
+        return self._embed(structures, chunk, energy=False)
+
+    def single_point(self, structures: list[Structure], chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings (N, 64) and single-point energies (N,) in eV/atom, uncorrected, of the
+        unrelaxed structures, from one forward pass each on the actor pool: the campaign's cheap
+        fidelity, at the price of the embedding it computes anyway."""
+        out = self._embed(structures, chunk, energy=True)
+        return out[:, :64], out[:, 64]
+
+    def _embed(self, structures: list[Structure], chunk: int, energy: bool) -> np.ndarray:
         if not structures:
-            return np.zeros((0, 64))
+            return np.zeros((0, 65 if energy else 64))
         refs = []
         for k, i in enumerate(range(0, len(structures), chunk)):
             actor = self.actors[k % len(self.actors)]
-            refs.append(actor.embed.remote(structures[i : i + chunk]))
+            refs.append(actor.embed.remote(structures[i : i + chunk], energy))
         return np.concatenate(ray.get(refs), axis=0)
 
     def shutdown(self) -> None:

@@ -302,8 +302,8 @@ class Relaxer:
         res = self.relax_many(structures, fmax=fmax, max_steps=max_steps, relax_cell=False)
         return np.array([r.energy if r.ok else math.nan for r in res])
 
-    def embed(self, structures: list[Structure]) -> np.ndarray:
-        return embed(self.chgnet, structures)
+    def embed(self, structures: list[Structure], energy: bool = False) -> np.ndarray:
+        return embed(self.chgnet, structures, energy=energy)
 
 
 def _static_energy(calc, structure: Structure) -> float:
@@ -318,12 +318,20 @@ def _static_energy(calc, structure: Structure) -> float:
         return math.nan
 
 
-def embed(model, structures: list[Structure], batch_size: int = 16) -> np.ndarray:
+def embed(model, structures: list[Structure], batch_size: int = 16, energy: bool = False) -> np.ndarray:
     """CHGNet crystal embeddings (64 floats each) of unrelaxed structures; NaN rows where
-    CHGNet cannot build a graph (e.g. isolated atoms)."""
+    CHGNet cannot build a graph (e.g. isolated atoms). With `energy`, a 65th column: the
+    single-point energy (eV/atom, uncorrected) of the same forward pass, so the cheap fidelity
+    costs nothing beyond the embedding."""
     import torch
 
-    out = np.full((len(structures), 64), np.nan)
+    width = 65 if energy else 64
+
+    def row(p) -> np.ndarray:
+        emb = np.asarray(p["crystal_fea"], dtype=float).ravel()[:64]
+        return np.append(emb, float(np.asarray(p["e"]).ravel()[0])) if energy else emb
+
+    out = np.full((len(structures), width), np.nan)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i in range(0, len(structures), batch_size):
@@ -333,12 +341,11 @@ def embed(model, structures: list[Structure], batch_size: int = 16) -> np.ndarra
                 if isinstance(preds, dict):
                     preds = [preds]
                 for j, p in enumerate(preds):
-                    out[i + j] = np.asarray(p["crystal_fea"], dtype=float).ravel()[:64]
+                    out[i + j] = row(p)
             except Exception:
                 for j, s in enumerate(chunk):
                     try:
-                        p = model.predict_structure(s, task="e", return_crystal_feas=True)
-                        out[i + j] = np.asarray(p["crystal_fea"], dtype=float).ravel()[:64]
+                        out[i + j] = row(model.predict_structure(s, task="e", return_crystal_feas=True))
                     except Exception:
                         pass
     return out

@@ -1,0 +1,44 @@
+"""The cheap fidelity in a real campaign: CHGNet single points of the unrelaxed proposals, from
+the embedding pass, reach the surrogate as a lower fidelity of e_above_hull."""
+
+import numpy as np
+
+from xtalforge.loop import single_point
+from xtalforge.loop.campaign import Campaign
+from xtalforge.loop.store import CampaignStore
+from xtalforge.types import Fidelity, Status
+
+from .test_resume import tiny_config
+
+
+def test_single_points_train_the_surrogate_below_the_relaxations(tmp_path, ray_local):
+    cfg = tiny_config(tmp_path)
+    assert cfg.acquisition.single_point  # on by default
+    camp = Campaign.create(cfg, progress=False)
+    camp.run()
+    run_dir = camp.run_dir
+
+    st = CampaignStore(f"sqlite:///{run_dir / 'store.db'}")
+    cands = {c.id: c for c in st.candidates()}
+    with_sp = {i: c.meta[single_point.KEY] for i, c in cands.items() if single_point.KEY in c.meta}
+    assert len(with_sp) >= 0.9 * len(cands) and all(np.isfinite(v) for v in with_sp.values())
+    # relaxing never raises CHGNet's energy above the single point of the starting structure
+    ok = [m for m in st.measurements() if m.status == Status.ok and m.candidate_id in with_sp]
+    assert ok
+    for m in ok:
+        assert m.values["energy_per_atom"] <= with_sp[m.candidate_id] + 1e-3, m.candidate_id
+    # round 2 fitted the multi-fidelity GP: relaxations and single points of e_above_hull
+    assert st.round_metrics()[1]["surrogate_multi_fidelity"] == 1.0
+    st.close()
+
+    again = Campaign.open(run_dir, progress=False)
+    try:
+        again.load()
+        feats = again.store.features(list(cands))
+        d = again.selector.training_data(feats, [])["e_above_hull"]
+        low = [(i, y) for i, y, f in zip(d.ids, d.y, d.fidelity) if f == Fidelity.single_point]
+        high = {i for i, f in zip(d.ids, d.fidelity) if f == Fidelity.mlip}
+        assert len(low) >= 0.9 * len(cands) and high == {m.candidate_id for m in ok}
+        assert all(y <= single_point.CAP for _, y in low)
+    finally:
+        again.store.close()
