@@ -12,8 +12,10 @@ Methods, at the same number of MLIP relaxations:
   loop       random_symmetric + substitution + evolutionary, bandit, GP + qLogNEI, generator updates
   no_update  the same with generators and bandit frozen
   random     random_symmetric only, random picks, no surrogate, no updates
-`--saps` gives loop and no_update's substitution generator prototypes from the whole snapshot
-(`prototypes: known`), drawn by ionic-substitution probability, the target system left out.
+The substitution generator draws prototypes from the whole snapshot by ionic-substitution
+probability (its default, `prototypes: known`; the target system left out); `--textbook` limits
+it to the 25 textbook prototypes. `--no-single-point` turns off the cheap fidelity (each
+proposal's MLIP single-point e_above_hull given to the surrogate, `acquisition.single_point`).
 
 Per method: targets rediscovered per system and seed, relaxations until each rediscovery, new SUN
 per 100 relaxations (stable against the full oracle-consistent hull, targets included, plus the
@@ -95,7 +97,8 @@ def wyckoff_checkpoints(systems: list[str], checkpoint: str | None) -> dict[str,
 
 
 def method_config(method: str, chemsys: str, relaxations: int, batch: int, seed: int, out: Path, max_atoms: int,
-                  max_steps: int, saps: bool, wyckoff_checkpoint: str | None = None) -> dict:
+                  max_steps: int, textbook: bool = False, wyckoff_checkpoint: str | None = None,
+                  single_point: bool = True) -> dict:
     """The campaign config of one method on one system; the system's own ternaries hidden. The
     generative model joins the loop only from a checkpoint that never saw the system."""
     elements = list(parse_chemsys(chemsys))
@@ -105,12 +108,13 @@ def method_config(method: str, chemsys: str, relaxations: int, batch: int, seed:
         gens = [{"name": g} for g in SEARCH_GENERATORS]
         if wyckoff_checkpoint:
             gens.append({"name": "wyckoff", "options": {"checkpoint": wyckoff_checkpoint}})
-        if saps:
+        if textbook:
             for g in gens:
                 if g["name"] == "substitution":
-                    g["options"] = {"prototypes": "known", "exclude_chemsys": [chemsys]}
+                    g["options"] = {"prototypes": []}
     return dict(
-        name=f"{method}{'-saps' if saps and method != 'random' else ''}-{chemsys}-s{seed}",
+        name=f"{method}{'-textbook' if textbook and method != 'random' else ''}"
+             f"{'-nosp' if not single_point and method != 'random' else ''}-{chemsys}-s{seed}",
         chemical_system=elements,
         max_atoms=max_atoms,
         rounds=max(1, relaxations // batch),
@@ -118,7 +122,8 @@ def method_config(method: str, chemsys: str, relaxations: int, batch: int, seed:
         seed=seed,
         update_generators=method == "loop",
         generators=gens,
-        acquisition={"kind": "random" if method == "random" else "qlognei", "batch_size": batch},
+        acquisition={"kind": "random" if method == "random" else "qlognei", "batch_size": batch,
+                     "single_point": single_point and method != "random"},
         mlip={"workers": 2, "max_steps": max_steps},
         references={"sources": ["snapshot"], "exclude_chemsys": [chemsys]},
         tracking={"uri": f"sqlite:///{out}/mlflow.db", "experiment": "rediscovery-benchmark"},
@@ -267,7 +272,7 @@ def proposal_reach(chemsys: str, max_atoms: int, targets: list[KnownPhase], n: i
     from xtalforge.types import RoundContext
 
     elements = parse_chemsys(chemsys)
-    options = {"prototypes": "known", "exclude_chemsys": [chemsys]} if known else {}
+    options = {"prototypes": "known", "exclude_chemsys": [chemsys]} if known else {"prototypes": []}
     gen = build_generator("substitution", elements, max_atoms, options)
     ctx = RoundContext(round=0, elements=elements, max_atoms=max_atoms, rng=np.random.default_rng(seed), history=[])
     index = KnownStructures((p.material_id, p.structure) for p in targets)
@@ -300,12 +305,15 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--methods", default="loop,random")
     ap.add_argument("--batch", type=int, default=6, help="relaxations per round")
     ap.add_argument("--max-steps", type=int, default=200)
-    ap.add_argument("--saps", action="store_true",
-                    help="substitution on prototypes from the whole snapshot (target system left out)")
+    ap.add_argument("--textbook", action="store_true",
+                    help="substitution on the 25 textbook prototypes only (default: the whole snapshot, "
+                         "target system left out)")
     ap.add_argument("--out", type=Path, default=None, help="keep run folders here (default: a temp dir)")
     ap.add_argument("--wyckoff-checkpoint", default=None, metavar="DIR",
                     help="add the generative model to loop/no_update from this checkpoint (`xtalforge pretrain "
                          "--exclude-chemsys SYS`); the shipped one saw the benchmark's systems and is left out")
+    ap.add_argument("--no-single-point", dest="single_point", action="store_false",
+                    help="loop and no_update without the single-point low fidelity (acquisition.single_point)")
     ap.add_argument("--reuse", action="store_true", help="score runs already finished in --out instead of rerunning")
     ap.add_argument("--targets-only", action="store_true", help="print the targets and stop")
     ap.add_argument("--reach", type=int, default=0, metavar="N",
@@ -350,8 +358,8 @@ def main(argv: list[str] | None = None) -> float:
         hulls = known_index = None
         for seed in range(a.seeds):
             for m in methods:
-                cfg = method_config(m, cs, a.relaxations, a.batch, seed, out, a.max_atoms, a.max_steps, a.saps,
-                                    wyckoff.get(cs))
+                cfg = method_config(m, cs, a.relaxations, a.batch, seed, out, a.max_atoms, a.max_steps, a.textbook,
+                                    wyckoff.get(cs), a.single_point)
                 run_dir = out / "runs" / cfg["name"]
                 if not (a.reuse and (run_dir / "store.db").is_file()):
                     t0 = time.perf_counter()
@@ -364,7 +372,8 @@ def main(argv: list[str] | None = None) -> float:
                         known_index.add(str(e.entry_id), e.structure)
                 scores.append(score_run(m, cs, seed, run_dir, targets[cs], hulls, known_index, a.stable_tol, a.near))
     print(f"\nRediscovery: {a.relaxations} relaxations per run ({a.batch} per round), {a.seeds} seeds, "
-          f"max {a.max_atoms} atoms, substitution prototypes: {'known (SAPS)' if a.saps else 'builtin'}")
+          f"max {a.max_atoms} atoms, substitution prototypes: {'textbook' if a.textbook else 'known (SAPS)'}, "
+          f"single-point fidelity: {'on' if a.single_point else 'off'}")
     ratio = report(scores, methods, systems, targets, a.near)
     print(f"run folders: {out}")
     print(f"rediscovery_ratio={ratio:.2f}")

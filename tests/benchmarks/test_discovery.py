@@ -41,17 +41,25 @@ def test_targets_are_the_small_mp20_ground_states(bench):
 
 
 def test_campaign_config_hides_the_target_system(bench, tmp_path):
-    d = bench.method_config("loop", "O-Sr-Ti", 12, 6, 0, tmp_path, 12, 50, saps=True)
+    from xtalforge.loop.proposals import generator_options
+
+    d = bench.method_config("loop", "O-Sr-Ti", 12, 6, 0, tmp_path, 12, 50)
     cfg = parse_config(d)
     assert cfg.references.exclude_chemsys == ["O-Sr-Ti"] and cfg.update_generators
+    assert cfg.acquisition.single_point
     sub = next(g for g in cfg.generators if g.name == "substitution")
-    assert sub.options == {"prototypes": "known", "exclude_chemsys": ["O-Sr-Ti"]}
+    # the snapshot library by default, with the hidden system passed on by the campaign
+    assert sub.options == {} and generator_options(cfg, sub) == {"exclude_chemsys": ["O-Sr-Ti"]}
+    textbook = parse_config(bench.method_config("loop", "O-Sr-Ti", 12, 6, 0, tmp_path, 12, 50, textbook=True,
+                                                 single_point=False))
+    assert next(g for g in textbook.generators if g.name == "substitution").options == {"prototypes": []}
+    assert not textbook.acquisition.single_point
     # what the campaign then sees: the binaries and elements, none of the targets
     known = load_known(cfg.elements, cfg.references.sources, exclude_chemsys=cfg.references.exclude_chemsys)
     assert {p.chemsys for p in known.phases} <= {"O", "Sr", "Ti", "O-Sr", "O-Ti", "Sr-Ti"}
     index = KnownStructures(known.with_structure())
     assert all(index.match(t.structure) == "" for t in bench.rediscovery_targets("Sr-Ti-O", 12))
-    rnd = parse_config(bench.method_config("random", "O-Sr-Ti", 12, 6, 0, tmp_path, 12, 50, saps=True))
+    rnd = parse_config(bench.method_config("random", "O-Sr-Ti", 12, 6, 0, tmp_path, 12, 50))
     assert [g.name for g in rnd.generators] == ["random_symmetric"] and rnd.acquisition.kind == "random"
     assert not rnd.update_generators
 

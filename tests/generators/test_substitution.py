@@ -21,7 +21,7 @@ from .search_helpers import CATIO, assert_in_bounds, ctx, perovskite, verdict
 
 @pytest.fixture(scope="module")
 def catio() -> Substitution:
-    return Substitution(CATIO, 12)
+    return Substitution(CATIO, 12, prototypes=[])  # the textbook set alone (tests/.../test_substitution_known.py: the snapshot)
 
 
 def test_shipped_prototypes_are_ordered_textbook_types():
@@ -75,7 +75,7 @@ def test_history_structures_become_prototypes():
     """The campaign's relaxed CaTiO3 yields Sr-containing derivatives in Ca-Sr-Ti-O (full or partial)."""
     elements = ("Ca", "Sr", "Ti", "O")
     best = Candidate(structure=perovskite(), source="random_symmetric", round=0)
-    gen = Substitution(elements, 10, builtin=False)
+    gen = Substitution(elements, 10, prototypes=[], builtin=False)
     cands = gen.propose(12, ctx(elements, max_atoms=10, history=[(best, verdict(best, 0.0))]))
     assert cands
     assert_in_bounds(cands, elements, 10, "substitution")
@@ -85,7 +85,7 @@ def test_history_structures_become_prototypes():
 
 
 def test_update_favours_prototypes_that_hit(catio):
-    gen = Substitution(CATIO, 12)
+    gen = Substitution(CATIO, 12, prototypes=[])
     cands = gen.propose(30, ctx(max_atoms=12, seed=1))
     good = "builtin:perovskite_SrTiO3"
     assert any(c.meta["prototype"] == good for c in cands)
@@ -98,7 +98,7 @@ def test_update_favours_prototypes_that_hit(catio):
     assert all(after[k] < before[k] for k in tried)
     assert metrics["w_perovskite_SrTiO3"] == pytest.approx(after[good])
     # the next round draws the perovskite prototype more often than before the update
-    fresh = Substitution(CATIO, 12)
+    fresh = Substitution(CATIO, 12, prototypes=[])
 
     def share(g):
         picks = Counter()
@@ -113,7 +113,7 @@ def test_update_favours_prototypes_that_hit(catio):
 
 
 def test_update_favours_substitution_pairs_that_hit():
-    gen = Substitution(CATIO, 12)
+    gen = Substitution(CATIO, 12, prototypes=[])
     cands = gen.propose(30, ctx(max_atoms=12, seed=2))
     good = "Mg2+>Ca2+"  # rocksalt MgO -> CaO and friends
     assert any(good in c.meta["pairs"] for c in cands)

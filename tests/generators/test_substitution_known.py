@@ -60,6 +60,9 @@ def test_hidden_ground_state_is_reachable_by_substitution(saps):
     assert any(StructureMatcher().fit(c.structure, target) for c in same)
 
 
-def test_default_stays_the_textbook_set():
+def test_default_adds_the_snapshot_library_to_the_textbook_set():
     gen = Substitution(SRTIO, 12)
-    assert gen.prototypes and all(p.key.startswith("builtin:") for p in gen.prototypes)
+    kinds = {p.key.split(":")[0] for p in gen.prototypes}
+    assert kinds == {"builtin", "known"}
+    textbook = Substitution(SRTIO, 12, prototypes=[])
+    assert textbook.prototypes and all(p.key.startswith("builtin:") for p in textbook.prototypes)

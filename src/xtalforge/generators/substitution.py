@@ -1,8 +1,8 @@
 """Ionic substitution on prototypes, after GNoME's symmetry-aware partial substitution (SAPS).
 
 One proposal: pick a prototype (shipped textbook types, user CIFs, the campaign's best relaxed
-structures and, with `prototypes: known`, the reference snapshot's structures of the systems
-whose ions substitute best onto this one's), map every prototype ion onto an ion of the chemical system (weighted by the
+structures and, by default (`prototypes: known`), the reference snapshot's structures of the
+systems whose ions substitute best onto this one's), map every prototype ion onto an ion of the chemical system (weighted by the
 Hautier et al. 2011 data-mined substitution probabilities, pymatgen's SubstitutionProbability),
 then, often, replace only part of one species' sites (whole symmetry orbits where the cell has
 several) by another ion, so one prototype yields many stoichiometries. Only charge-balanced
@@ -150,12 +150,13 @@ def metric_key(text: str) -> str:
 class Substitution:
     name = "substitution"
 
-    def __init__(self, elements: Sequence[str], max_atoms: int, prototypes: str | Sequence[str] = (),
+    def __init__(self, elements: Sequence[str], max_atoms: int, prototypes: str | Sequence[str] = (KNOWN,),
                  builtin: bool = True, history_top_k: int = 8, partial_probability: float = 0.5,
                  max_maps: int = 48, temperature: float = 0.5, oxidation_commonality: str | float = "medium",
                  include_elements: bool = False, exclude_chemsys: Sequence[str] = (), known_limit: int = 96,
                  known_max_e_above_hull: float = 0.025):
-        """`prototypes`: extra structure files (CIF, POSCAR, pymatgen JSON), and/or "known": the
+        """`prototypes`: extra structure files (CIF, POSCAR, pymatgen JSON), and/or "known" (the
+        default; a list without it leaves it out): the
         `known_limit` reference-snapshot structures (within `known_max_e_above_hull` eV/atom of
         its DFT hull, as many elements as the system) from the systems whose elements map onto
         this system's with the highest ionic-substitution probability; `exclude_chemsys` hides
