@@ -56,8 +56,8 @@ class SurrogateModel(Protocol):
     """Names of the modeled outcomes, in column order."""
 
     train_X: dict[str, np.ndarray]
-    """Per outcome, the (finite) training features of the last fit: the acquisition's default
-    baseline of already-measured points."""
+    """Per outcome, the (finite) training features of the last fit at the fidelity it predicts:
+    the acquisition's default baseline of already-measured points."""
 
     train_y: dict[str, np.ndarray]
     """Per outcome, the training values of the last fit: GP-Hedge standardizes rewards by them."""

@@ -114,6 +114,22 @@ def subset_indices(y: np.ndarray, m: int, rng: np.random.Generator, recent: int 
     return np.sort(np.asarray(chosen))
 
 
+def _align_fidelities(y: np.ndarray, fid: np.ndarray, target: int) -> np.ndarray:
+    """Lower fidelities shifted so their median is the target fidelity's.
+
+    Fidelities of one quantity often sit on different zeros (an MLIP's formation energy against a
+    DFT total energy per atom, -154 eV against 0.5 eV); standardized together, such an offset
+    leaves every variation inside one fidelity a sliver of the scale and the fit fails (held-out
+    error 32 eV on carbon_24). The shift changes nothing the GP could not learn in its
+    per-fidelity means; the target fidelity's values are untouched, so predictions are too."""
+    y = np.array(y, dtype=np.float64)
+    centre = np.median(y[fid == target])
+    for f in np.unique(fid):
+        if f != target:
+            y[fid == f] += centre - np.median(y[fid == f])
+    return y
+
+
 def _hyperparameters(model) -> dict[str, list]:
     return {k: v.detach().cpu().tolist() for k, v in model.named_parameters()}
 
@@ -207,6 +223,8 @@ class Surrogate:
         n_dropped = int((~keep).sum())
         multi = fid is not None and len(np.unique(fid)) > 1
         target = self._target(fid) if fid is not None else None
+        if multi:
+            y = _align_fidelities(y, fid, target)
         rng = np.random.default_rng([self.seed, len(y)])
         # keep every target-fidelity point when subsetting: they are the scarce, expensive ones
         must = (fid == target) if multi else None
@@ -257,7 +275,9 @@ class Surrogate:
         kind = "multi_fidelity" if multi else "exact"
         if len(rows) < len(y):
             kind = "multi_fidelity_subset" if multi else "subset"
-        self.train_X[name], self.train_y[name] = X, y
+        # the acquisition's baseline and reward scale: what was measured at the fidelity predicted
+        at = (fid == target) if multi else np.ones(len(y), dtype=bool)
+        self.train_X[name], self.train_y[name] = X[at], y[at]
         return model, FitReport(n_train=len(rows), nll=nll, seconds=time.perf_counter() - t0, kind=kind,
                                 n_dropped=n_dropped, n_hyper=len(hyper_rows))
 
