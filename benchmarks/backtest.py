@@ -7,9 +7,11 @@
 By default it runs what a campaign runs: featurizer `chgnet+composition` where the table has
 structures (CHGNet embeddings computed in this process and cached per structure on disk, plus
 the composition features over the table's elements), the campaign's Surrogate and Acquirer
-(qLogNEI), batches of 6 with the first batch by farthest point. A table without structures
-uses its own numeric columns as features (`--featurizer table`). The settings used are printed
-first.
+(qLogNEI), batches of 6 with the first batch by farthest point, and, as a campaign gives the
+surrogate each proposal's MLIP single point, CHGNet's formation energy (eV/atom, against MP's
+elemental references) of every pool structure as low-fidelity data known from the start (the
+multi-fidelity GP; `--no-single-point` leaves it out). A table without structures uses its own
+numeric columns as features (`--featurizer table`). The settings used are printed first.
 
 `--split tune|report` keeps one seeded half of the table (`--split-seed`): tune settings on
 `tune`, quote figures from `report`. `--known-rows COL` makes the rows where COL is non-zero
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude-columns", default="", help="table features: columns to leave out, comma-separated")
     ap.add_argument("--known-rows", default=None,
                     help="column flagging rows known from the start as low-fidelity data (multi-fidelity)")
+    ap.add_argument("--no-single-point", dest="single_point", action="store_false",
+                    help="without the CHGNet single-point energies as a low fidelity (a campaign's "
+                         "acquisition.single_point; on by default where the featurizer reads CHGNet)")
     ap.add_argument("--drop-known", action="store_true",
                     help="leave the --known-rows rows out instead (the single-fidelity comparison)")
     ap.add_argument("--kinds", default="qlognei", help="acquisition function(s), comma-separated "
@@ -205,14 +210,27 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --known-rows needs --featurizer table")
             return 2
         known = OutcomeData(Xk, known_df[args.target].to_numpy(dtype=float))
+    single_point = args.single_point and featurizer == "chgnet+composition" and known is None
+    if single_point:
+        from xtalforge.model.descriptors import cached_chgnet_features
+
+        # the same forward pass as the embedding: column 65 is the formation energy per atom
+        e_form = cached_chgnet_features([c.structure for c in cands], args.cache)[:, 65]
+        ok = np.isfinite(e_form) & np.isfinite(X).all(axis=1)
+        known = OutcomeData(X[ok], e_form[ok])
     sur_probe = Surrogate(**sur_kw)  # fails here, before any run, on a bad keyword
     settings = {"data": args.data, "target": args.target, "minimize": args.minimize, "split": args.split,
                 "split_seed": args.split_seed, "featurizer": featurizer, "q": args.q,
                 "n_init": args.n_init or args.q, "budget": args.budget, "fraction": args.fraction,
                 "kinds": ",".join(kinds), "surrogate": sur_probe.describe(), "acquirer": json.dumps(acq_kw),
-                "known_rows": args.known_rows or "", "delay": args.delay, "context": args.context}
+                "known_rows": args.known_rows or "", "delay": args.delay, "context": args.context,
+                "single_point": single_point}
     print(f"# {args.data}: split {args.split} (seed {args.split_seed}), {len(df)} rows, {len(cands)} candidates"
-          + (f", {len(known.y)} low-fidelity rows known ({args.known_rows})" if known is not None else ""))
+          + (f", {len(known.y)} low-fidelity rows known ({args.known_rows})" if args.known_rows and known is not None
+             else ""))
+    if single_point:
+        print(f"# low fidelity: CHGNet single-point formation energy of all {len(known.y)} candidates, known from "
+              "the start (multi-fidelity GP; --no-single-point to leave it out)")
     print(f"# features: {featurizer}: {what}; {X.shape[1]} columns, {time.perf_counter() - t:.0f} s")
     print(f"# surrogate: {settings['surrogate']}" + ("; inputs scaled over the pool too (--context)" if args.context else ""))
     print(f"# acquisition: {' + '.join(kinds)}{' (GP-Hedge)' if len(kinds) > 1 else ''} {json.dumps(acq_kw)}; "
