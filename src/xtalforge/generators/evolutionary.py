@@ -169,7 +169,9 @@ class Evolutionary:
     def _prototype_seeds(self, ctx: RoundContext) -> list[tuple[str | None, Structure, float, dict]]:
         from xtalforge.generators.substitution import Substitution
 
-        seeder = Substitution(self.elements, ctx.max_atoms, history_top_k=0, partial_probability=0.0,
+        # the textbook prototypes only: the known-materials library would need the campaign's
+        # hidden systems, and seeds are starting points to mutate, not candidates in their own right
+        seeder = Substitution(self.elements, ctx.max_atoms, prototypes=[], history_top_k=0, partial_probability=0.0,
                               oxidation_commonality=self.commonality)
         seeds = seeder.propose(self.population_size, ctx)
         return [(None, c.structure, 0.5, {"seed": c.meta["prototype"]}) for c in seeds]
