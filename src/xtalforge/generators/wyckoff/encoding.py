@@ -102,13 +102,18 @@ def encode(structure: Structure, tables: WyckoffTables, tol: float = 0.01) -> Cr
     return canonical_order(CrystalSeq(sg, letters, species, np.array(xyz).reshape(-1, 3), lat))
 
 
-def site_positions(seq: CrystalSeq, tables: WyckoffTables, i: int) -> np.ndarray:
-    """Fractional coordinates of every atom of site i's orbit in the conventional cell."""
-    wp = tables.wyckoff(seq.sg, seq.letters[i])
-    p = np.asarray(seq.xyz[i], float) * tables.free[seq.sg - 1, seq.letters[i]]
-    pos = wp.ops[0].operate(p)
+def orbit_positions(tables: WyckoffTables, sg: int, letter: int, xyz) -> np.ndarray:
+    """Fractional coordinates of every atom of the Wyckoff orbit (space group `sg`, letter index
+    `letter`) generated from the free coordinates `xyz`, in the conventional cell."""
+    wp = tables.wyckoff(sg, letter)
+    pos = wp.ops[0].operate(np.asarray(xyz, float) * tables.free[sg - 1, letter])
     out = np.array([op.operate(pos) for op in wp.ops])
     return out - np.floor(out)
+
+
+def site_positions(seq: CrystalSeq, tables: WyckoffTables, i: int) -> np.ndarray:
+    """Fractional coordinates of every atom of site i's orbit in the conventional cell."""
+    return orbit_positions(tables, seq.sg, seq.letters[i], seq.xyz[i])
 
 
 def full_lattice(seq: CrystalSeq, tables: WyckoffTables) -> Lattice:

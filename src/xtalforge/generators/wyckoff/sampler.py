@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from xtalforge.generators.wyckoff.distributions import gmm_log_prob, gmm_sample, vm_log_prob, vm_sample
-from xtalforge.generators.wyckoff.encoding import MAX_Z, CrystalSeq
+from xtalforge.generators.wyckoff.encoding import MAX_Z, CrystalSeq, orbit_positions
 from xtalforge.generators.wyckoff.model import Constraints, WyckoffTransformer
 from xtalforge.generators.wyckoff.tables import N_LETTERS, WyckoffTables, wyckoff_tables
 
@@ -86,7 +86,7 @@ def sample(model: WyckoffTransformer, n: int, constraints: Constraints | None = 
     used0 = torch.zeros(n, N_LETTERS, dtype=torch.bool)
     done = torch.zeros(n, dtype=torch.bool)
     zero = torch.zeros(n)
-    spacing = _Spacing(model, sg, min_distance) if min_distance else None
+    spacing = _Spacing(sg, min_distance) if min_distance else None
     for i in range(S + 1):
         m = model.w_mask(sg, cum, used0, i, max_conv)
         if target is not None:
@@ -151,17 +151,14 @@ class _Spacing:
     """Fractional positions placed so far per crystal, and the redraw of a coordinate that
     would put an orbit's atom too close to another (module docstring)."""
 
-    def __init__(self, model: WyckoffTransformer, sg: torch.Tensor, min_distance: float):
+    def __init__(self, sg: torch.Tensor, min_distance: float):
         self.tables: WyckoffTables = wyckoff_tables()
         self.sg = sg.tolist()
         self.min_distance = float(min_distance)
         self.placed: list[list[np.ndarray]] = [[] for _ in self.sg]
 
     def orbit(self, b: int, letter: int, xyz: np.ndarray) -> np.ndarray:
-        wp = self.tables.wyckoff(self.sg[b], letter)
-        p = wp.ops[0].operate(np.asarray(xyz, float) * self.tables.free[self.sg[b] - 1, letter])
-        out = np.array([op.operate(p) for op in wp.ops])
-        return out - np.floor(out)
+        return orbit_positions(self.tables, self.sg[b], letter, xyz)
 
     def too_close(self, b: int, letter: int, xyz: np.ndarray) -> bool:
         new = self.orbit(b, letter, xyz)
@@ -177,7 +174,7 @@ class _Spacing:
     def redraw(self, i: int, w: torch.Tensor, xyz: torch.Tensor, ax: int, x: torch.Tensor, last: torch.Tensor,
                raw: torch.Tensor, gen: torch.Generator, temperature: float) -> torch.Tensor:
         """x with the rows whose orbit (coordinate `ax` completing it) lands too close drawn again."""
-        rows = [b for b in torch.nonzero(last).flatten().tolist()]
+        rows = torch.nonzero(last).flatten().tolist()
         for _ in range(REDRAWS + 1):
             bad = []
             for b in rows:
