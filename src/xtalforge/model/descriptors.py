@@ -116,30 +116,15 @@ def chgnet_features(structures: Sequence[Structure], cache: Path | None = None,
             return arr
     import torch
 
-    from xtalforge.oracles.mlip.relax import load_chgnet
+    from xtalforge.oracles.mlip.relax import embed, load_chgnet
 
     model = model or load_chgnet(threads=torch.get_num_threads())
     refs = _mp_reference_energies()
-    out = np.full((len(structures), 66), np.nan)
-    batch = 64
-    for i in range(0, len(structures), batch):
-        chunk = list(structures[i : i + batch])
-        try:
-            preds = model.predict_structure(chunk, task="e", return_crystal_feas=True, batch_size=16)
-        except Exception:
-            preds = []
-            for s in chunk:
-                try:
-                    preds.append(model.predict_structure(s, task="e", return_crystal_feas=True))
-                except Exception:
-                    preds.append(None)
-        for j, p in enumerate(preds if isinstance(preds, list) else [preds]):
-            if p is None:
-                continue
-            e = float(np.asarray(p["e"]).ravel()[0])
-            comp = chunk[j].composition.fractional_composition
-            ref = sum(comp[el] * refs.get(el.symbol, math.nan) for el in comp.elements)
-            out[i + j] = np.concatenate([np.asarray(p["crystal_fea"], dtype=float).ravel()[:64], [e, e - ref]])
+    emb = embed(model, list(structures), energy=True)  # the campaign's single point: the same forward pass
+    e = emb[:, 64]
+    ref = np.array([sum(c[el] * refs.get(el.symbol, math.nan) for el in c.elements)
+                    for c in (s.composition.fractional_composition for s in structures)])
+    out = np.concatenate([emb, (e - ref)[:, None]], axis=1)
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cache, features=out)
