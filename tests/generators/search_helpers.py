@@ -23,8 +23,10 @@ def verdict(c: Candidate, e_above_hull: float, relaxed: Structure | None = None)
                        relaxed=relaxed if relaxed is not None else c.structure)
 
 
-def assert_in_bounds(cands: list[Candidate], elements, max_atoms: int, source: str) -> None:
-    """Every proposal: inside the system, within the size limit, structurally valid, charge balanced."""
+def assert_in_bounds(cands: list[Candidate], elements, max_atoms: int, source: str,
+                     commonality: str = "medium") -> None:
+    """Every proposal: inside the system, within the size limit, structurally valid, charge
+    balanced (SMACT, with the generator's `oxidation_commonality`)."""
     limits = ValidityLimits(max_atoms=max_atoms)
     for c in cands:
         s = c.structure
@@ -32,7 +34,7 @@ def assert_in_bounds(cands: list[Candidate], elements, max_atoms: int, source: s
         assert {e.symbol for e in s.composition.elements} <= set(elements), c.formula
         assert len(s) <= max_atoms, (c.formula, len(s))
         assert structure_problem(s, limits, tuple(elements)) == "", (c.formula, structure_problem(s, limits))
-        assert is_charge_balanced(s.composition), c.formula
+        assert is_charge_balanced(s.composition, commonality), c.formula
         assert all(getattr(sp, "oxi_state", None) is None for sp in s.species), "no oxidation states on output"
 
 

@@ -39,7 +39,7 @@ def test_shipped_prototypes_are_ordered_textbook_types():
 def test_proposals_stay_in_the_system_and_size_limit(catio):
     cands = catio.propose(30, ctx(max_atoms=12))
     assert len(cands) >= 10
-    assert_in_bounds(cands, CATIO, 12, "substitution")
+    assert_in_bounds(cands, CATIO, 12, "substitution", "low")
     assert len({exact_key(c.structure) for c in cands}) == len(cands), "no decoration proposed twice"
     for c in cands:
         assert c.meta["prototype"].startswith("builtin:")
@@ -51,7 +51,7 @@ def test_smaller_cell_limit_is_respected():
     gen = build_generator("substitution", CATIO, 5)
     cands = gen.propose(20, ctx(max_atoms=5, seed=3))
     assert cands
-    assert_in_bounds(cands, CATIO, 5, "substitution")
+    assert_in_bounds(cands, CATIO, 5, "substitution", "low")
 
 
 def test_partial_substitution_is_charge_compensated():
@@ -78,7 +78,7 @@ def test_history_structures_become_prototypes():
     gen = Substitution(elements, 10, prototypes=[], builtin=False)
     cands = gen.propose(12, ctx(elements, max_atoms=10, history=[(best, verdict(best, 0.0))]))
     assert cands
-    assert_in_bounds(cands, elements, 10, "substitution")
+    assert_in_bounds(cands, elements, 10, "substitution", "low")
     assert all(c.parents == [best.id] and c.meta["prototype"] == f"history:{best.id}" for c in cands)
     assert any("Sr" in c.formula for c in cands)
     assert any(c.meta["partial"] for c in cands), "the doubled cell allows a partial Ca -> Sr substitution"
@@ -134,7 +134,7 @@ def test_bad_prototype_files_are_skipped_with_a_message(test_cifs, tmp_path, cap
     assert [p.key for p in gen.prototypes] == ["file:BaNiO3"]
     cands = gen.propose(10, ctx(max_atoms=12))
     assert cands, "a prototype outside the system is substituted into it"
-    assert_in_bounds(cands, CATIO, 12, "substitution")
+    assert_in_bounds(cands, CATIO, 12, "substitution", "low")
 
 
 def test_system_without_charge_balanced_compound_is_a_clear_error():

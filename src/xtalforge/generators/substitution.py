@@ -50,11 +50,13 @@ class SpeciesMap:
 
 
 def system_ions(elements: Sequence[str]) -> list[Species]:
-    """Every ion of the system in the ICSD oxidation states of its elements (common ones as fallback)."""
+    """Every ion of the system in the ICSD oxidation states of its elements plus their common
+    ones: the common set adds the anions of p-block metals (Sn4- in the antiperovskite Ba3SnO)
+    that ICSD-derived lists leave out."""
     out = []
     for e in elements:
         el = Element(e)
-        states = [s for s in (el.icsd_oxidation_states or el.common_oxidation_states) if s != 0]
+        states = sorted({s for s in (*el.icsd_oxidation_states, *el.common_oxidation_states) if s != 0})
         out += [Species(e, s) for s in states]
     return out
 
@@ -152,7 +154,7 @@ class Substitution:
 
     def __init__(self, elements: Sequence[str], max_atoms: int, prototypes: str | Sequence[str] = (KNOWN,),
                  builtin: bool = True, history_top_k: int = 8, partial_probability: float = 0.5,
-                 max_maps: int = 48, temperature: float = 0.5, oxidation_commonality: str | float = "medium",
+                 max_maps: int = 48, temperature: float = 0.5, oxidation_commonality: str | float = "low",
                  include_elements: bool = False, exclude_chemsys: Sequence[str] = (), known_limit: int = 96,
                  known_max_e_above_hull: float = 0.025):
         """`prototypes`: extra structure files (CIF, POSCAR, pymatgen JSON), and/or "known" (the
@@ -162,7 +164,10 @@ class Substitution:
         this system's with the highest ionic-substitution probability; `exclude_chemsys` hides
         systems from that library (a leave-system-out benchmark hides its target system).
         `temperature` flattens the substitution probabilities (score**temperature) so rare but
-        allowed ions still appear; `include_elements`: also propose pure elements (their
+        allowed ions still appear; `oxidation_commonality` is SMACT's filter on the result's
+        composition: "low" by default, because every proposal is already charge-balanced ion by
+        ion and weighted by how often that ion substitutes, while "medium" rejects real ground
+        states with rarer states (NaBiO3 and Na5BiO5 with Bi5+); `include_elements`: also propose pure elements (their
         references are on every hull)."""
         require_compositions(tuple(elements), max_atoms, oxidation_commonality)
         self.elements = tuple(elements)
