@@ -1,7 +1,8 @@
 """The propose and update stages: generators split the round's budget (a Thompson-sampling
 bandit over their recent yield), propose on Ray, their proposals are checked for validity,
-deduplicated against everything the campaign has seen and scored for synthesizability; after
-the oracle, generators and bandit learn from the results.
+deduplicated against everything the campaign has seen, thinned where their composition is
+settled (loop.compositions) and scored for synthesizability; after the oracle, generators,
+bandit and composition ledger learn from the results.
 
 Nothing here writes to the store: `generate` may run in a thread beside the oracle, and the
 states `update` returns are committed by the campaign together with the round's stage mark.
@@ -19,6 +20,8 @@ import numpy as np
 from xtalforge.config import CampaignConfig
 from xtalforge.generators.base import Generator
 from xtalforge.generators.registry import build_generator
+from xtalforge.loop.compositions import STATE_KEY as LEDGER_KEY
+from xtalforge.loop.compositions import CompositionLedger
 from xtalforge.loop.dedup import Deduplicator
 from xtalforge.loop.store import CampaignStore
 from xtalforge.structure import ValidityLimits, filter_valid
@@ -46,6 +49,7 @@ class Proposer:
         self.generators: list[Generator] = [build_generator(g.name, cfg.elements, cfg.max_atoms, generator_options(cfg, g))
                                             for g in cfg.generators]
         self.dedup = Deduplicator([])
+        self.ledger = CompositionLedger()
         self.ray_ready = threading.Event()  # proposals split over Ray tasks wait for it
 
     @property
@@ -58,6 +62,7 @@ class Proposer:
             state = self.store.load_state(f"generator:{gen.name}")
             if state:
                 gen.load_state_dict(state)
+        self.ledger = CompositionLedger.from_state(self.store.load_state(LEDGER_KEY))
         self.forget_unstored()
 
     def forget_unstored(self) -> None:
@@ -87,6 +92,9 @@ class Proposer:
         metrics: dict[str, float] = dict(share_metrics)
         fresh: list[Candidate] = []
         lines: list[str] = []
+        # a copy: the update of the round before may land while this runs ahead of the oracle
+        ledger = CompositionLedger.from_state(self.ledger.state_dict(), self.ledger.settle_after)
+        thin_rng = np.random.default_rng([self.cfg.seed, r, 3])
         workers = getattr(self.cfg.screen_oracle(), "workers", 1)
         if not isinstance(workers, int):  # "auto": as many as there are cores (Ray may not be up yet)
             workers = os.cpu_count() or 2
@@ -104,12 +112,15 @@ class Proposer:
                 c.round = r
             valid, _why = filter_valid(props, self.limits, self.cfg.elements)
             unique = self.dedup.unique(valid)
-            fresh.extend(unique)
+            kept = ledger.thin(unique, thin_rng)
+            fresh.extend(kept)
             metrics[f"proposals_{gen.name}"] = len(props)
             metrics[f"valid_{gen.name}"] = len(valid)
             metrics[f"unique_{gen.name}"] = len(unique)
+            metrics[f"settled_dropped_{gen.name}"] = len(unique) - len(kept)
             metrics[f"time_generate_{gen.name}_s"] = time.perf_counter() - t
-            lines.append(f"  {gen.name}: {len(props)} proposed, {len(valid)} valid, {len(unique)} new")
+            lines.append(f"  {gen.name}: {len(props)} proposed, {len(valid)} valid, {len(unique)} new"
+                         + (f", {len(unique) - len(kept)} of settled compositions left out" if len(kept) < len(unique) else ""))
         if self.synth is not None and fresh:
             from xtalforge.synthesis.metrics import synth_metrics
 
@@ -143,4 +154,7 @@ class Proposer:
                               for g in self.names})
         states[STATE_KEY] = bandit.state_dict()
         metrics.update(bandit.posterior_metrics())
+        self.ledger.update(r, ok)
+        states[LEDGER_KEY] = self.ledger.state_dict()
+        metrics.update(self.ledger.metrics())
         return metrics, states
