@@ -1,6 +1,8 @@
 """The cheap fidelity in a real campaign: CHGNet single points of the unrelaxed proposals, from
 the embedding pass, reach the surrogate as a lower fidelity of e_above_hull."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from xtalforge.loop import single_point
@@ -40,5 +42,16 @@ def test_single_points_train_the_surrogate_below_the_relaxations(tmp_path, ray_l
         high = {i for i, f in zip(d.ids, d.fidelity) if f == Fidelity.mlip}
         assert len(low) >= 0.9 * len(cands) and high == {m.candidate_id for m in ok}
         assert all(y <= single_point.CAP for _, y in low)
+
+        # hyperparameters fitted ahead (as while a round's last relaxations run), then a pick
+        # that only conditions on the data
+        before = again.store.load_state("surrogate")
+        with ThreadPoolExecutor(1) as pool:
+            assert again.selector.prefit(pool, [])
+            metrics = again.selector.select(2, [])
+        assert metrics["surrogate_prefit"] == 1.0 and metrics["surrogate_multi_fidelity"] == 1.0
+        assert len(again.store.selected("mlip", round=2)) == cfg.acquisition.batch_size
+        after = again.store.load_state("surrogate")
+        assert after["params"]["e_above_hull"] != before["params"]["e_above_hull"], "refitted ahead, and kept"
     finally:
         again.store.close()

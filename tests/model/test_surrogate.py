@@ -70,6 +70,30 @@ def test_warm_start_round_trips_through_json(fitted):
     assert c.nll > w.nll + 0.1  # one step from the defaults does not get there
 
 
+def test_conditioning_on_more_data_with_hyperparameters_fitted_ahead():
+    rng = np.random.default_rng(3)
+    X = rng.random((90, 4))
+    fid = np.where(np.arange(90) < 20, 1, 0)  # 20 relaxations, 70 single points
+    y = np.where(fid == 1, _f(X), 0.9 * _f(X) + 0.2)
+    ahead = Surrogate(maxiter=60)
+    ahead.fit({"y": OutcomeData(X[:80], y[:80], fid[:80])})  # one result and the newest rows still out
+    state = json.loads(json.dumps(ahead.state_dict()))
+    late = Surrogate(maxiter=60)
+    late.load_state_dict(state)
+    rep = late.fit({"y": OutcomeData(X, y, fid)}, optimize=False)["y"]
+    assert rep.kind == "multi_fidelity" and rep.n_train == 90 and rep.n_hyper == 0
+    assert late.state_dict()["params"] == state["params"], "conditioning leaves the hyperparameters alone"
+    full = Surrogate(maxiter=60)
+    full.load_state_dict(state)
+    full.fit({"y": OutcomeData(X, y, fid)})
+    Xt = rng.random((200, 4))
+    mu_late, mu_full = late.predict(Xt)[0][:, 0], full.predict(Xt)[0][:, 0]
+    assert np.sqrt(np.mean((mu_late - mu_full) ** 2)) < 0.05 * _f(Xt).std()
+    # an outcome without hyperparameters is still optimized, not left at the defaults
+    fresh = Surrogate(maxiter=60)
+    assert fresh.fit({"y": OutcomeData(X, y, fid)}, optimize=False)["y"].n_hyper == 90
+
+
 def test_multi_fidelity_uses_cheap_results():
     rng = np.random.default_rng(1)
     X = rng.random((150, 4))

@@ -83,6 +83,7 @@ class Campaign:
         self.tracker: Tracker | None = None
         self._owns_ray = False
         self._pending_states: dict[str, dict] = {}
+        self._ahead_wait_s = 0.0  # seconds the last round waited for the next one's lookahead
         self.writer = report.RecordWriter(progress)  # each round's files, during the next oracle
         # the lookahead generation, the record writer and the surrogate warm-up; opened by run()
         self._background: ThreadPoolExecutor | None = None
@@ -229,8 +230,10 @@ class Campaign:
         Stages: (none) -> generated -> selected -> updated -> done. Each boundary is one store
         transaction, so a kill between two boundaries repeats at most the work since the last
         one, and never an oracle result that was already committed."""
-        cfg, timings, metrics = self.cfg, {}, {}
-        t_round = time.perf_counter()
+        cfg, metrics = self.cfg, {}
+        # the wait at the end of the round before for this round's lookahead belongs to this one
+        timings, self._ahead_wait_s = {"ahead_wait": self._ahead_wait_s}, 0.0
+        t_round = time.perf_counter() - timings["ahead_wait"]
         self.results.load_predictions()
         self.echo(f"── round {r + 1}/{cfg.rounds} ──")
         metrics.update(self._collect_slow(r))  # results of slower oracles, before the surrogate fit
@@ -306,7 +309,7 @@ class Campaign:
         if ahead is not None:
             t = time.perf_counter()
             self._finish_ahead(r + 1, ahead)
-            waited = time.perf_counter() - t
+            waited = self._ahead_wait_s = time.perf_counter() - t
             if waited > 0.5:  # the lookahead outlasted the oracle: the round paid for the rest
                 self.echo(f"  waited {waited:.1f} s for round {r + 2}'s candidates")
         return RoundStats(r, metrics)
@@ -377,12 +380,17 @@ class Campaign:
             workers = getattr(oracle, "workers", None)
             bar = report.progress(len(todo), f"{oracle.name}" + (f" ({workers} workers)" if workers else ""),
                                   self.progress)
+            # the next round's hyperparameters, once a worker is idle for the last relaxations
+            prefit = self.cfg.overlap and r + 1 < self.cfg.rounds
             while oracle.pending():
                 for m in oracle.collect(timeout_s=5.0):
                     self.results.record(m)  # committed before anything else looks at it
                     bar.update(1)
                     if m.status != Status.ok:
                         bar.write(f"  {m.candidate_id} failed: {m.error}")
+                if prefit and 0 < len(oracle.pending()) < (workers if isinstance(workers, int) else 1):
+                    prefit = False
+                    self.selector.prefit(self._background, self.oracles)
             bar.close()
         return self.results.round_results(r)
 

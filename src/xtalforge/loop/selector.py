@@ -4,11 +4,19 @@ the picks of confirming oracles (a lab) from what was screened.
 
 The selector writes its picks and its models' states to the store and its pick-time
 predictions to the results; it never runs an oracle.
+
+Hyperparameters ahead of the picks. Fitting the surrogate's hyperparameters is most of a
+pick's cost (1-4 s for a multi-fidelity GP over a few hundred points on 2 cores), and it is
+spent while the oracle's workers sit idle. `prefit` starts it in a background thread while the
+round's last relaxations finish (on every result but those); `select` then only conditions the
+GP on all the data with those hyperparameters (one Cholesky), so the picks still see every
+result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 
 import numpy as np
 
@@ -39,6 +47,36 @@ class Selector:
     def __init__(self, cfg: CampaignConfig, store: CampaignStore, results: CampaignResults,
                  synth=None, echo: Callable[[str], None] = print):
         self.cfg, self.store, self.results, self.synth, self.echo = cfg, store, results, synth, echo
+        self._prefit: Future | None = None  # hyperparameters fitting for the next select
+
+    def _surrogate(self):
+        from xtalforge.model.surrogate import Surrogate
+
+        acfg = self.cfg.acquisition
+        sur = Surrogate(max_exact=acfg.max_exact_gp, hyper_subset=acfg.hyper_subset, seed=self.cfg.seed)
+        sur.load_state_dict(self.store.load_state("surrogate"))
+        return sur
+
+    def prefit(self, executor: Executor, oracles: Sequence[Oracle] = ()) -> bool:
+        """Start fitting the surrogate's hyperparameters on the data measured so far in
+        `executor`; the next `select` waits for them and skips its own optimization. False when
+        the acquisition needs no model or there is too little data to fit."""
+        kinds = list(self.cfg.acquisition.portfolio or [self.cfg.acquisition.kind])
+        if not any(get_arm(k).needs_model for k in kinds):
+            return False
+        stored = {c.id: c for c in self.store.candidates()}
+        data = self.training_data(self.store.features(list(stored)), oracles, stored)
+        first = self.cfg.acquisition.objectives[0].name
+        if first not in data or len(data[first].y) < 2:
+            return False
+        sur = self._surrogate()  # here: the background thread touches no store
+
+        def fit() -> tuple[dict, float]:
+            reports = sur.fit(data)
+            return sur.state_dict(), float(sum(r.seconds for r in reports.values()))
+
+        self._prefit = executor.submit(fit)
+        return True
 
     # -- training data ---------------------------------------------------------------------
     def training_data(self, feats: Mapping[str, np.ndarray], oracles: Sequence[Oracle] = (),
@@ -86,6 +124,7 @@ class Selector:
         cfg, acfg = self.cfg, self.cfg.acquisition
         screen = self.results.screen
         measured = self.results.measured
+        prefit, self._prefit = self._prefit, None  # only ever for the select right after it
         # read once a round: the pool's structures and meta serve every step below
         stored = {c.id: c for c in self.store.candidates()}
         all_ids = list(stored)
@@ -126,7 +165,8 @@ class Selector:
             X_seen = data[objectives[0].name].X if n_primary else None
             picks = farthest_point(X_pool, q, rng, exclude=X_seen)
         else:
-            picks = self._acquire(r, data, feats, pool_ids, X_pool, X_pending, objectives, kinds, rng, metrics, stored)
+            picks = self._acquire(r, data, feats, pool_ids, X_pool, X_pending, objectives, kinds, rng, metrics, stored,
+                                  prefit)
         self.store.add_selection(r, screen, [(pool_ids[i], v) for i, v in zip(picks.indices, picks.values)])
         metrics["acquisition_method_is_model"] = float(not model_free and picks.method != "farthest_point")
         self.echo(f"  picked {len(picks.indices)} of {len(pool_ids)} by {picks.method}")
@@ -135,19 +175,26 @@ class Selector:
     def _acquire(self, r: int, data: dict, feats: Mapping[str, np.ndarray], pool_ids: list[str],
                  X_pool: np.ndarray, X_pending: np.ndarray | None, objectives: list[Target],
                  kinds: list[str], rng: np.random.Generator, metrics: dict[str, float],
-                 stored: Mapping[str, Candidate]) -> Picks:
-        """Fit the surrogate on `data` and let the acquisition pick; records the pick-time
-        predictions of e_above_hull for the calibration metrics."""
-        from xtalforge.model.surrogate import Surrogate
-
+                 stored: Mapping[str, Candidate], prefit: Future | None = None) -> Picks:
+        """Fit the surrogate on `data` (with `prefit`'s hyperparameters when given) and let the
+        acquisition pick; records the pick-time predictions of e_above_hull for the
+        calibration metrics."""
         cfg, acfg = self.cfg, self.cfg.acquisition
-        sur = Surrogate(max_exact=acfg.max_exact_gp, hyper_subset=acfg.hyper_subset, seed=cfg.seed)
-        sur.load_state_dict(self.store.load_state("surrogate"))
-        reports = sur.fit(data)
+        sur = self._surrogate()
+        ahead_s = None
+        if prefit is not None:
+            try:
+                state, ahead_s = prefit.result()
+                sur.load_state_dict(state)
+            except Exception as err:  # fitting here instead costs time, not picks
+                self.echo(f"  hyperparameters fitted ahead failed ({type(err).__name__}: {err}); fitting now")
+        reports = sur.fit(data, optimize=ahead_s is None)
         self.store.save_state("surrogate", r, sur.state_dict())
         first = reports[objectives[0].name]
+        metrics["surrogate_prefit"] = float(ahead_s is not None)
         metrics.update({"surrogate_nll": first.nll, "surrogate_n_train": float(first.n_train),
-                        "time_surrogate_fit_s": float(sum(rep.seconds for rep in reports.values())),
+                        "time_surrogate_fit_s": float(sum(rep.seconds for rep in reports.values()))
+                        + (ahead_s or 0.0),
                         "surrogate_exact": float(first.kind in ("exact", "multi_fidelity")),
                         "surrogate_multi_fidelity": float(first.kind.startswith("multi_fidelity"))})
         for name, rep in reports.items():

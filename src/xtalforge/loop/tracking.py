@@ -122,11 +122,21 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
                "posterior mean of (hit rate of its picks) x (share of its proposals that were new): "
                "expected hits per proposal, the yield the budget split follows",
                key="generators/budget_posterior_{gen}"),
+    MetricSpec("settled_dropped_{gen}", "count", EVERY,
+               "of the unique ones, left out of the pool because their composition is settled "
+               "(relaxed 3 or more times; see loop/compositions.py)",
+               key="generators/settled_dropped_{gen}"),
+    MetricSpec("compositions_relaxed", "count", UPDATED, "reduced compositions relaxed so far",
+               key="generators/compositions_relaxed"),
+    MetricSpec("compositions_settled", "count", UPDATED,
+               "of those, relaxed often enough that fewer of their new proposals reach the pool",
+               key="generators/compositions_settled"),
     MetricSpec("proposals", "count", EVERY, "sum of proposals_{gen}",
                key="generators/proposals"),
     MetricSpec("valid", "count", EVERY, "sum of valid_{gen}",
                key="generators/valid"),
-    MetricSpec("unique", "count", EVERY, "sum of unique_{gen}: new candidates stored this round",
+    MetricSpec("unique", "count", EVERY, "sum of unique_{gen} less settled_dropped_{gen}: new candidates stored "
+               "this round",
                key="generators/unique"),
     MetricSpec("novel", "count", EVERY, "sum of novel_{gen}",
                key="generators/novel"),
@@ -188,8 +198,13 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
                key="surrogate/nll"),
     MetricSpec("surrogate_n_train", "count", MODEL, "GP training points",
                key="surrogate/n_train"),
-    MetricSpec("time_surrogate_fit_s", "s", MODEL, "GP fit time",
+    MetricSpec("time_surrogate_fit_s", "s", MODEL,
+               "GP fit time, the hyperparameters fitted ahead (surrogate_prefit) included",
                key="time/surrogate_fit_s"),
+    MetricSpec("surrogate_prefit", "0/1", MODEL,
+               "1 when the hyperparameters were fitted while the last relaxations of the round before "
+               "finished (config `overlap`) and the picks only conditioned the GP on all results",
+               key="surrogate/prefit"),
     MetricSpec("surrogate_nll_{objective}", "nats", MODEL, "surrogate_nll of the model of one objective",
                key="surrogate/nll_{objective}"),
     MetricSpec("surrogate_exact", "0/1", MODEL, "1 for an exact GP, 0 for one on a subset of the data",
@@ -226,6 +241,10 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
                "the previous round's oracle ran, learning from all rounds but that one, or, for the "
                "first round, while the campaign started",
                key="time/generated_ahead"),
+    MetricSpec("time_ahead_wait_s", "s", EVERY,
+               "time the round waited, before it began, for its candidates generated and screened "
+               "ahead (the lookahead outlasted the previous round's oracle); part of time_round_s",
+               key="time/ahead_wait_s"),
     MetricSpec("time_featurize_s", "s", EVERY, "embeddings of new candidates",
                key="time/featurize_s"),
     MetricSpec("time_acquire_s", "s", EVERY, "surrogate fit and acquisition",

@@ -188,13 +188,17 @@ class Surrogate:
                 f"hyperparameters on at most {self.hyper_subset}")
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, data: Mapping[str, OutcomeData], X_context: np.ndarray | None = None) -> dict[str, FitReport]:
+    def fit(self, data: Mapping[str, OutcomeData], X_context: np.ndarray | None = None,
+            optimize: bool = True) -> dict[str, FitReport]:
         """Fit one GP per outcome. Raises SurrogateError naming the outcome when one has no
         usable (finite) values.
 
         `X_context`: unlabelled feature rows (the pool the acquisition will pick from). With it,
         inputs are min-max scaled over the training rows and these together, so a handful of
-        training points does not set the scale every other candidate is measured on."""
+        training points does not set the scale every other candidate is measured on.
+        `optimize=False` conditions on `data` with the hyperparameters loaded by
+        `load_state_dict` (fitted a moment earlier on nearly the same data, while the oracle
+        ran) and optimizes only an outcome that has none."""
         from botorch.models import ModelListGP
 
         if not data:
@@ -204,7 +208,7 @@ class Surrogate:
             raise SurrogateError(f"outcomes disagree on the number of features: {dims}")
         self.outcomes, self.models, self.reports = [], [], {}
         for name, d in data.items():
-            model, rep = self._fit_one(name, d, X_context)
+            model, rep = self._fit_one(name, d, X_context, optimize or name not in self._params)
             self.outcomes.append(name)
             self.models.append(model)
             self.reports[name] = rep
@@ -213,7 +217,7 @@ class Surrogate:
         self._moments = []
         return self.reports
 
-    def _fit_one(self, name: str, d: OutcomeData, X_context: np.ndarray | None = None):
+    def _fit_one(self, name: str, d: OutcomeData, X_context: np.ndarray | None = None, optimize: bool = True):
         from botorch.models import MultiTaskGP, SingleTaskGP
         from botorch.models.transforms import Normalize, Standardize
 
@@ -260,11 +264,12 @@ class Surrogate:
                                 input_transform=Normalize(dim, bounds=bounds),
                                 outcome_transform=Standardize(m=1))
 
-        hyper = build(hyper_rows)
+        hyper = build(hyper_rows if optimize else rows)
         warm = _load_hyperparameters(hyper, self._params.get(name))
-        self._optimize(hyper, warm > 0)
+        if optimize or warm == 0:
+            self._optimize(hyper, warm > 0)
         params = _hyperparameters(hyper)
-        if len(hyper_rows) == len(rows):
+        if not optimize or len(hyper_rows) == len(rows):
             model = hyper
         else:
             model = build(rows)
@@ -279,7 +284,7 @@ class Surrogate:
         at = (fid == target) if multi else np.ones(len(y), dtype=bool)
         self.train_X[name], self.train_y[name] = X[at], y[at]
         return model, FitReport(n_train=len(rows), nll=nll, seconds=time.perf_counter() - t0, kind=kind,
-                                n_dropped=n_dropped, n_hyper=len(hyper_rows))
+                                n_dropped=n_dropped, n_hyper=len(hyper_rows) if optimize else 0)
 
     def _target(self, fid: np.ndarray) -> int:
         if self.target_fidelity is not None and (fid == self.target_fidelity).any():
