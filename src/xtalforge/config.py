@@ -299,7 +299,8 @@ class CampaignConfig(_Strict):
     update_generators: bool = Field(True, description="False freezes generators (an ablation)")
     overlap: bool = Field(
         True, description="while round r's oracle runs, generate round r+1's candidates (they then "
-        "learn from results up to round r-1: one round of lag) and write round r-1's files, "
+        "learn from results up to round r-1: one round of lag), write round r-1's files and, during "
+        "round r's last relaxations, fit the surrogate's hyperparameters for round r+1's picks, "
         "instead of keeping the oracle waiting for them")
     generators: list[GeneratorConfig] = Field(
         default_factory=lambda: [GeneratorConfig(name="random_symmetric")]
