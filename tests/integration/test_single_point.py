@@ -47,7 +47,8 @@ def test_single_points_train_the_surrogate_below_the_relaxations(tmp_path, ray_l
         # that only conditions on the data
         before = again.store.load_state("surrogate")
         with ThreadPoolExecutor(1) as pool:
-            assert again.selector.prefit(pool, [])
+            ahead = again.selector.prefit(pool, [])
+            assert ahead is not None and "e_above_hull" in ahead.result()["params"]
             metrics = again.selector.select(2, [])
         assert metrics["surrogate_prefit"] == 1.0 and metrics["surrogate_multi_fidelity"] == 1.0
         assert len(again.store.selected("mlip", round=2)) == cfg.acquisition.batch_size

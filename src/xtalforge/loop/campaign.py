@@ -382,13 +382,15 @@ class Campaign:
                                   self.progress)
             # the next round's hyperparameters, once a worker is idle for the last relaxations
             prefit = self.cfg.overlap and r + 1 < self.cfg.rounds
+            n_workers = workers if isinstance(workers, int) else 1
+            idle = getattr(oracle, "idle_workers", lambda: int(len(oracle.pending()) < n_workers))
             while oracle.pending():
                 for m in oracle.collect(timeout_s=5.0):
                     self.results.record(m)  # committed before anything else looks at it
                     bar.update(1)
                     if m.status != Status.ok:
                         bar.write(f"  {m.candidate_id} failed: {m.error}")
-                if prefit and 0 < len(oracle.pending()) < (workers if isinstance(workers, int) else 1):
+                if prefit and oracle.pending() and idle() > 0:
                     prefit = False
                     self.selector.prefit(self._background, self.oracles)
             bar.close()

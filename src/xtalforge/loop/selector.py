@@ -9,8 +9,10 @@ Hyperparameters ahead of the picks. Fitting the surrogate's hyperparameters is m
 pick's cost (1-4 s for a multi-fidelity GP over a few hundred points on 2 cores), and it is
 spent while the oracle's workers sit idle. `prefit` starts it in a background thread while the
 round's last relaxations finish (on every result but those); `select` then only conditions the
-GP on all the data with those hyperparameters (one Cholesky), so the picks still see every
-result.
+GP on all the data with the newest hyperparameters a background fit has finished (one
+Cholesky), so the picks still see every result. A fit still running is waited for only when
+there are no earlier ones; otherwise the picks use the previous ones (a round or two older)
+and the running fit serves the next round.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class Selector:
     def __init__(self, cfg: CampaignConfig, store: CampaignStore, results: CampaignResults,
                  synth=None, echo: Callable[[str], None] = print):
         self.cfg, self.store, self.results, self.synth, self.echo = cfg, store, results, synth, echo
-        self._prefit: Future | None = None  # hyperparameters fitting for the next select
+        self._prefit: Future | None = None  # hyperparameters fitting in the background
+        self._prefit_state: dict | None = None  # the newest ones a background fit finished
 
     def _surrogate(self):
         from xtalforge.model.surrogate import Surrogate
@@ -57,26 +60,27 @@ class Selector:
         sur.load_state_dict(self.store.load_state("surrogate"))
         return sur
 
-    def prefit(self, executor: Executor, oracles: Sequence[Oracle] = ()) -> bool:
+    def prefit(self, executor: Executor, oracles: Sequence[Oracle] = ()) -> Future | None:
         """Start fitting the surrogate's hyperparameters on the data measured so far in
-        `executor`; the next `select` waits for them and skips its own optimization. False when
-        the acquisition needs no model or there is too little data to fit."""
+        `executor`; the first `select` after it finished uses them and skips its own
+        optimization. None when the acquisition needs no model, there is too little data to
+        fit, or the last one is still running."""
         kinds = list(self.cfg.acquisition.portfolio or [self.cfg.acquisition.kind])
-        if not any(get_arm(k).needs_model for k in kinds):
-            return False
+        if not any(get_arm(k).needs_model for k in kinds) or (self._prefit is not None and not self._prefit.done()):
+            return None
         stored = {c.id: c for c in self.store.candidates()}
         data = self.training_data(self.store.features(list(stored)), oracles, stored)
         first = self.cfg.acquisition.objectives[0].name
         if first not in data or len(data[first].y) < 2:
-            return False
+            return None
         sur = self._surrogate()  # here: the background thread touches no store
 
-        def fit() -> tuple[dict, float]:
-            reports = sur.fit(data)
-            return sur.state_dict(), float(sum(r.seconds for r in reports.values()))
+        def fit() -> dict:
+            sur.fit(data)
+            return sur.state_dict()
 
         self._prefit = executor.submit(fit)
-        return True
+        return self._prefit
 
     # -- training data ---------------------------------------------------------------------
     def training_data(self, feats: Mapping[str, np.ndarray], oracles: Sequence[Oracle] = (),
@@ -124,7 +128,6 @@ class Selector:
         cfg, acfg = self.cfg, self.cfg.acquisition
         screen = self.results.screen
         measured = self.results.measured
-        prefit, self._prefit = self._prefit, None  # only ever for the select right after it
         # read once a round: the pool's structures and meta serve every step below
         stored = {c.id: c for c in self.store.candidates()}
         all_ids = list(stored)
@@ -165,8 +168,7 @@ class Selector:
             X_seen = data[objectives[0].name].X if n_primary else None
             picks = farthest_point(X_pool, q, rng, exclude=X_seen)
         else:
-            picks = self._acquire(r, data, feats, pool_ids, X_pool, X_pending, objectives, kinds, rng, metrics, stored,
-                                  prefit)
+            picks = self._acquire(r, data, feats, pool_ids, X_pool, X_pending, objectives, kinds, rng, metrics, stored)
         self.store.add_selection(r, screen, [(pool_ids[i], v) for i, v in zip(picks.indices, picks.values)])
         metrics["acquisition_method_is_model"] = float(not model_free and picks.method != "farthest_point")
         self.echo(f"  picked {len(picks.indices)} of {len(pool_ids)} by {picks.method}")
@@ -175,26 +177,21 @@ class Selector:
     def _acquire(self, r: int, data: dict, feats: Mapping[str, np.ndarray], pool_ids: list[str],
                  X_pool: np.ndarray, X_pending: np.ndarray | None, objectives: list[Target],
                  kinds: list[str], rng: np.random.Generator, metrics: dict[str, float],
-                 stored: Mapping[str, Candidate], prefit: Future | None = None) -> Picks:
-        """Fit the surrogate on `data` (with `prefit`'s hyperparameters when given) and let the
-        acquisition pick; records the pick-time predictions of e_above_hull for the
-        calibration metrics."""
+                 stored: Mapping[str, Candidate]) -> Picks:
+        """Fit the surrogate on `data` (conditioning only, on hyperparameters fitted in the
+        background, when there are any) and let the acquisition pick; records the pick-time
+        predictions of e_above_hull for the calibration metrics."""
         cfg, acfg = self.cfg, self.cfg.acquisition
         sur = self._surrogate()
-        ahead_s = None
-        if prefit is not None:
-            try:
-                state, ahead_s = prefit.result()
-                sur.load_state_dict(state)
-            except Exception as err:  # fitting here instead costs time, not picks
-                self.echo(f"  hyperparameters fitted ahead failed ({type(err).__name__}: {err}); fitting now")
-        reports = sur.fit(data, optimize=ahead_s is None)
+        ahead = self._background_hyperparameters()
+        if ahead is not None:
+            sur.load_state_dict(ahead)
+        reports = sur.fit(data, optimize=ahead is None)
         self.store.save_state("surrogate", r, sur.state_dict())
         first = reports[objectives[0].name]
-        metrics["surrogate_prefit"] = float(ahead_s is not None)
+        metrics["surrogate_prefit"] = float(ahead is not None)
         metrics.update({"surrogate_nll": first.nll, "surrogate_n_train": float(first.n_train),
-                        "time_surrogate_fit_s": float(sum(rep.seconds for rep in reports.values()))
-                        + (ahead_s or 0.0),
+                        "time_surrogate_fit_s": float(sum(rep.seconds for rep in reports.values())),
                         "surrogate_exact": float(first.kind in ("exact", "multi_fidelity")),
                         "surrogate_multi_fidelity": float(first.kind.startswith("multi_fidelity"))})
         for name, rep in reports.items():
@@ -226,6 +223,18 @@ class Selector:
             for k, i in enumerate(picks.indices):
                 self.results.predicted[pool_ids[i]] = (float(mean[k, j]), float(std[k, j]))
         return picks
+
+    def _background_hyperparameters(self) -> dict | None:
+        """The newest surrogate state a background fit finished; waits only for the first one
+        (a fit from scratch here would take longer than the rest of it)."""
+        fut = self._prefit
+        if fut is not None and (fut.done() or self._prefit_state is None):
+            self._prefit = None
+            try:
+                self._prefit_state = fut.result()
+            except Exception as err:  # the picks fit their own instead: time, not picks, is lost
+                self.echo(f"  hyperparameters fitted ahead failed ({type(err).__name__}: {err})")
+        return self._prefit_state
 
     @staticmethod
     def _known_values(ids: list[str], names: list[str], stored: Mapping[str, Candidate]) -> dict[str, np.ndarray] | None:

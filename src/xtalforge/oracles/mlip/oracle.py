@@ -188,6 +188,11 @@ class MLIPOracle:
         taken = {c.actor for c in self.busy.values()}
         return [i for i in range(len(self.actors)) if i not in taken and i not in self.loading]
 
+    def idle_workers(self) -> int:
+        """Workers with no relaxation to run while others still relax (nothing left queued):
+        the time the loop can use for its own work without slowing the oracle."""
+        return 0 if self.queue or not self.busy else len(self._idle())
+
     def _dispatch(self) -> None:
         idle = self._idle()
         for n, i in enumerate(idle):
