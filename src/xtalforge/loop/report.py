@@ -69,6 +69,14 @@ def spacegroup(structure) -> str:
         return "?"
 
 
+def _spacegroup_of(c: CampaignResults, cid: str, s) -> str:
+    """`spacegroup` of an evaluated candidate's result, found once: every round's table lists
+    every result, and spglib on each was most of the round's bookkeeping."""
+    if cid not in c.spacegroups:
+        c.spacegroups[cid] = spacegroup(s)
+    return c.spacegroups[cid]
+
+
 def _second_value(cand, m) -> float:
     v = m.values.get("p_synth", cand.meta.get("p_synth") if cand.meta else None)
     return float(v) if isinstance(v, (int, float)) else float("nan")
@@ -103,7 +111,7 @@ def ranked(c: CampaignResults) -> list[dict]:
         rows.append({
             "id": cid,
             "formula": s.composition.reduced_formula,
-            "spacegroup": spacegroup(s) if m.status == Status.ok else "",
+            "spacegroup": _spacegroup_of(c, cid, s) if m.status == Status.ok else "",
             "natoms": len(s),
             "e_above_hull": e_hull.get(cid, float("nan")),
             "e_above_hull_dft": e_dft.get(cid, float("nan")),

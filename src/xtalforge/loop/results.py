@@ -102,6 +102,7 @@ class CampaignResults:
         # pool candidate -> how many structures of its formula's bucket it was matched against;
         # buckets only grow, so a later look needs only the ones added since
         self._checked_against: dict[str, int] = {}
+        self.spacegroups: dict[str, str] = {}  # evaluated candidate -> space group of its result (report memo)
 
     @classmethod
     def load(cls, cfg: CampaignConfig, store: CampaignStore, run_dir: Path) -> CampaignResults:
