@@ -158,3 +158,24 @@ def test_ase_calculator_oracle_with_bulk_modulus(ray_local):
 def test_bad_model_name_fails_at_once():
     with pytest.raises(ValueError, match="cannot import"):
         MLIPOracle(Hull(["Cu"]), model="ase:ase.calculators.nothing.Here")
+
+
+def test_idle_workers_counts_workers_left_without_work_while_others_relax(ray_local):
+    """The loop fits its surrogate while a worker has nothing left to do: one slow relaxation
+    on two workers leaves one idle; with nothing out, no worker counts as idle."""
+    fcc = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]]) * (4, 4, 4)
+    fcc.perturb(0.15, min_distance=0.05)
+    slow = Candidate(structure=fcc, source="t", round=0, id="cu-256")
+    oracle = MLIPOracle(Hull(["Cu"], [PDEntry("Cu", 0.0)], use_mp_elements=False), workers=2, model=EMT,
+                        fmax=1e-4, max_steps=400, apply_mp2020=False)
+    try:
+        assert ray.get([a.ready.remote() for a in oracle.actors])
+        oracle.collect(timeout_s=0)  # the pool has loaded
+        assert oracle.idle_workers() == 0, "nothing out: nothing to overlap with"
+        oracle.submit([slow])
+        _wait_until_busy(oracle)
+        assert oracle.pending() == ["cu-256"] and oracle.idle_workers() == 1
+        assert _collect_all(oracle, limit_s=120)["cu-256"].status == Status.ok
+        assert oracle.idle_workers() == 0
+    finally:
+        oracle.shutdown()
