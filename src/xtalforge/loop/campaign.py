@@ -380,7 +380,8 @@ class Campaign:
             workers = getattr(oracle, "workers", None)
             bar = report.progress(len(todo), f"{oracle.name}" + (f" ({workers} workers)" if workers else ""),
                                   self.progress)
-            # the next round's hyperparameters, once a worker is idle for the last relaxations
+            # once a worker is idle for the last relaxations: the next round's hyperparameters,
+            # and this round's proposals matched against known phases (its novelty metrics)
             prefit = self.cfg.overlap and r + 1 < self.cfg.rounds
             n_workers = workers if isinstance(workers, int) else 1
             idle = getattr(oracle, "idle_workers", lambda: int(len(oracle.pending()) < n_workers))
@@ -393,6 +394,7 @@ class Campaign:
                 if prefit and oracle.pending() and idle() > 0:
                     prefit = False
                     self.selector.prefit(self._background, self.oracles)
+                    self.results.novel(self.store.candidates(round=r))
             bar.close()
         return self.results.round_results(r)
 
