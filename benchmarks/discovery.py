@@ -25,7 +25,8 @@ ending within 50 meV/atom of that hull.
     benchmarks/discovery.py --chemsys Sr-Ti-O --chemsys Ba-O-Sn --max-atoms 12 --relaxations 48 --seeds 2
 
 `--reach N` runs no campaign: it counts the targets that N unrelaxed substitution proposals
-already match, textbook prototypes against the snapshot library (what the library puts in reach).
+already match, textbook prototypes against the snapshot library (what the library puts in reach);
+`--substitution-commonality medium` repeats it with SMACT's stricter composition filter.
 
 The last line printed is `rediscovery_ratio=X`, X = (loop total + 1) / (random total + 1).
 """
@@ -262,7 +263,7 @@ def _formula(phases: list[KnownPhase], mid: str) -> str:
 
 
 def proposal_reach(chemsys: str, max_atoms: int, targets: list[KnownPhase], n: int, seed: int,
-                   known: bool) -> dict[str, int]:
+                   known: bool, commonality: str | None = None) -> dict[str, int]:
     """Targets matched by `n` unrelaxed proposals of the substitution generator (textbook
     prototypes, or the snapshot library with `chemsys` hidden): material id -> proposals drawn
     until the first match. No relaxation: what the prototype library alone puts in reach."""
@@ -273,6 +274,8 @@ def proposal_reach(chemsys: str, max_atoms: int, targets: list[KnownPhase], n: i
 
     elements = parse_chemsys(chemsys)
     options = {"prototypes": "known", "exclude_chemsys": [chemsys]} if known else {"prototypes": []}
+    if commonality:
+        options["oxidation_commonality"] = commonality
     gen = build_generator("substitution", elements, max_atoms, options)
     ctx = RoundContext(round=0, elements=elements, max_atoms=max_atoms, rng=np.random.default_rng(seed), history=[])
     index = KnownStructures((p.material_id, p.structure) for p in targets)
@@ -314,6 +317,9 @@ def main(argv: list[str] | None = None) -> float:
                          "--exclude-chemsys SYS`); the shipped one saw the benchmark's systems and is left out")
     ap.add_argument("--no-single-point", dest="single_point", action="store_false",
                     help="loop and no_update without the single-point low fidelity (acquisition.single_point)")
+    ap.add_argument("--substitution-commonality", choices=("low", "medium", "high"), default=None,
+                    help="with --reach: SMACT's commonality filter of the substitution generator "
+                         "(default: the generator's, low)")
     ap.add_argument("--reuse", action="store_true", help="score runs already finished in --out instead of rerunning")
     ap.add_argument("--targets-only", action="store_true", help="print the targets and stop")
     ap.add_argument("--reach", type=int, default=0, metavar="N",
@@ -345,7 +351,8 @@ def main(argv: list[str] | None = None) -> float:
             for known in (False, True):
                 per_seed = []
                 for seed in range(a.seeds):
-                    found = proposal_reach(cs, a.max_atoms, targets[cs], a.reach, seed, known)
+                    found = proposal_reach(cs, a.max_atoms, targets[cs], a.reach, seed, known,
+                                           a.substitution_commonality)
                     per_seed.append(f"s{seed} {len(found)}/{len(targets[cs])}" + (" (" + ", ".join(
                         f"{_formula(targets[cs], k)}@{v}" for k, v in sorted(found.items(), key=lambda t: t[1])) + ")"
                         if found else ""))
