@@ -8,7 +8,7 @@ import numpy as np
 from xtalforge.loop import single_point
 from xtalforge.loop.campaign import Campaign
 from xtalforge.loop.store import CampaignStore
-from xtalforge.types import Fidelity, Status
+from xtalforge.types import Candidate, Fidelity, Status
 
 from .test_resume import tiny_config
 
@@ -52,6 +52,11 @@ def test_single_points_train_the_surrogate_below_the_relaxations(tmp_path, ray_l
             metrics = again.selector.select(2, [])
         assert metrics["surrogate_prefit"] == 1.0 and metrics["surrogate_multi_fidelity"] == 1.0
         assert len(again.store.selected("mlip", round=2)) == cfg.acquisition.batch_size
+        # a supercell of an evaluated start is a repeat, also when checked from another thread
+        # against the evaluated structures already taken in (refresh=False)
+        done = next(c for i, c in cands.items() if i in again.results.measured)
+        twin = Candidate(structure=done.structure * (1, 1, 2), source="test", round=2)
+        assert again.results.repeats_of_evaluated([twin], refresh=False) == {twin.id: done.id}
         after = again.store.load_state("surrogate")
         assert after["params"]["e_above_hull"] != before["params"]["e_above_hull"], "refitted ahead, and kept"
     finally:

@@ -329,6 +329,7 @@ class Campaign:
             t = time.perf_counter()
             fresh, metrics, lines = self.proposer.generate(r, ctx, plan)
             seconds = time.perf_counter() - t
+            self.results.repeats_of_evaluated(fresh, refresh=False)  # matched here, not at the pick
             # queued on the oracle's workers behind this round's relaxations: one that finishes
             # early embeds them while the other still relaxes
             return fresh, metrics, lines, seconds, self._features(fresh) if fresh and embed else ({}, {})
@@ -381,7 +382,8 @@ class Campaign:
             bar = report.progress(len(todo), f"{oracle.name}" + (f" ({workers} workers)" if workers else ""),
                                   self.progress)
             # once a worker is idle for the last relaxations: the next round's hyperparameters,
-            # and this round's proposals matched against known phases (its novelty metrics)
+            # this round's proposals matched against known phases (its novelty metrics) and the
+            # pool against what was evaluated
             prefit = self.cfg.overlap and r + 1 < self.cfg.rounds
             n_workers = workers if isinstance(workers, int) else 1
             idle = getattr(oracle, "idle_workers", lambda: int(len(oracle.pending()) < n_workers))
@@ -395,6 +397,7 @@ class Campaign:
                     prefit = False
                     self.selector.prefit(self._background, self.oracles)
                     self.results.novel(self.store.candidates(round=r))
+                    self.selector.check_pool_ahead()
             bar.close()
         return self.results.round_results(r)
 

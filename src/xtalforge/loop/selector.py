@@ -82,6 +82,14 @@ class Selector:
         self._prefit = executor.submit(fit)
         return self._prefit
 
+    def check_pool_ahead(self) -> None:
+        """While a worker idles for a round's last relaxations: match the pool against what was
+        evaluated so far (`repeats_of_evaluated` keeps what it matched, so the next pick only
+        checks the results that came in since; at 300 candidates this was most of a pick)."""
+        chosen = set(self.store.selected(self.results.screen))
+        measured = self.results.measured
+        self.results.repeats_of_evaluated([c for c in self.store.candidates() if c.id not in chosen and c.id not in measured])
+
     # -- training data ---------------------------------------------------------------------
     def training_data(self, feats: Mapping[str, np.ndarray], oracles: Sequence[Oracle] = (),
                       stored: Mapping[str, Candidate] | None = None) -> dict:
