@@ -395,9 +395,9 @@ class Campaign:
                         bar.write(f"  {m.candidate_id} failed: {m.error}")
                 if prefit and oracle.pending() and idle() > 0:
                     prefit = False
-                    self.selector.prefit(self._background, self.oracles)
-                    self.results.novel(self.store.candidates(round=r))
-                    self.selector.check_pool_ahead()
+                    stored = {c.id: c for c in self.store.candidates()}
+                    self.selector.prefit(self._background, self.oracles, stored)
+                    self.selector.check_pool_ahead(r, stored)
             bar.close()
         return self.results.round_results(r)
 

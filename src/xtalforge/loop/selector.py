@@ -60,15 +60,17 @@ class Selector:
         sur.load_state_dict(self.store.load_state("surrogate"))
         return sur
 
-    def prefit(self, executor: Executor, oracles: Sequence[Oracle] = ()) -> Future | None:
+    def prefit(self, executor: Executor, oracles: Sequence[Oracle] = (),
+               stored: Mapping[str, Candidate] | None = None) -> Future | None:
         """Start fitting the surrogate's hyperparameters on the data measured so far in
         `executor`; the first `select` after it finished uses them and skips its own
-        optimization. None when the acquisition needs no model, there is too little data to
-        fit, or the last one is still running."""
+        optimization. `stored`: the candidates, read from the store when not given. None when
+        the acquisition needs no model, there is too little data to fit, or the last one is
+        still running."""
         kinds = list(self.cfg.acquisition.portfolio or [self.cfg.acquisition.kind])
         if not any(get_arm(k).needs_model for k in kinds) or (self._prefit is not None and not self._prefit.done()):
             return None
-        stored = {c.id: c for c in self.store.candidates()}
+        stored = stored if stored is not None else {c.id: c for c in self.store.candidates()}
         data = self.training_data(self.store.features(list(stored)), oracles, stored)
         first = self.cfg.acquisition.objectives[0].name
         if first not in data or len(data[first].y) < 2:
@@ -82,13 +84,20 @@ class Selector:
         self._prefit = executor.submit(fit)
         return self._prefit
 
-    def check_pool_ahead(self) -> None:
-        """While a worker idles for a round's last relaxations: match the pool against what was
-        evaluated so far (`repeats_of_evaluated` keeps what it matched, so the next pick only
-        checks the results that came in since; at 300 candidates this was most of a pick)."""
+    def check_pool_ahead(self, r: int, stored: Mapping[str, Candidate]) -> None:
+        """While a worker idles for round `r`'s last relaxations: match the pool against what
+        was evaluated so far and round r's proposals against the known phases. Both matches
+        are kept (`repeats_of_evaluated`, `known_match`), so the next pick and the round's
+        novelty metrics only check what came in since; at 300 candidates this was most of a
+        pick. `stored`: the candidates in the store."""
         chosen = set(self.store.selected(self.results.screen))
-        measured = self.results.measured
-        self.results.repeats_of_evaluated([c for c in self.store.candidates() if c.id not in chosen and c.id not in measured])
+        self.results.repeats_of_evaluated([stored[i] for i in self._unpicked(stored, chosen)])
+        self.results.novel([c for c in stored.values() if c.round == r])
+
+    def _unpicked(self, ids, chosen: set[str]) -> list[str]:
+        """The pool: of `ids`, those neither picked for the screening oracle (`chosen`) nor
+        measured by it."""
+        return [i for i in ids if i not in chosen and i not in self.results.measured]
 
     # -- training data ---------------------------------------------------------------------
     def training_data(self, feats: Mapping[str, np.ndarray], oracles: Sequence[Oracle] = (),
@@ -141,7 +150,7 @@ class Selector:
         all_ids = list(stored)
         feats = self.store.features(all_ids)
         chosen = set(self.store.selected(screen))
-        pool_ids, X_pool = pool_matrix([i for i in all_ids if i not in chosen and i not in measured], feats)
+        pool_ids, X_pool = pool_matrix(self._unpicked(all_ids, chosen), feats)
         metrics: dict[str, float] = {"pool_size": float(len(pool_ids))}
         repeats = self.results.repeats_of_evaluated([stored[i] for i in pool_ids])
         if repeats:  # never spend an oracle call on a structure already evaluated, as start or result

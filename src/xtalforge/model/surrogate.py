@@ -208,7 +208,7 @@ class Surrogate:
             raise SurrogateError(f"outcomes disagree on the number of features: {dims}")
         self.outcomes, self.models, self.reports = [], [], {}
         for name, d in data.items():
-            model, rep = self._fit_one(name, d, X_context, optimize or name not in self._params)
+            model, rep = self._fit_one(name, d, X_context, optimize)
             self.outcomes.append(name)
             self.models.append(model)
             self.reports[name] = rep
@@ -264,12 +264,15 @@ class Surrogate:
                                 input_transform=Normalize(dim, bounds=bounds),
                                 outcome_transform=Standardize(m=1))
 
-        hyper = build(hyper_rows if optimize else rows)
-        warm = _load_hyperparameters(hyper, self._params.get(name))
-        if optimize or warm == 0:
-            self._optimize(hyper, warm > 0)
+        used = rows  # condition on every row with the loaded hyperparameters
+        hyper = build(used) if not optimize else None
+        if hyper is None or _load_hyperparameters(hyper, self._params.get(name)) == 0:
+            optimize = True  # asked to, or none that fit this model: learn them on the subset
+            used = hyper_rows
+            hyper = build(used)
+            self._optimize(hyper, _load_hyperparameters(hyper, self._params.get(name)) > 0)
         params = _hyperparameters(hyper)
-        if not optimize or len(hyper_rows) == len(rows):
+        if len(used) == len(rows):
             model = hyper
         else:
             model = build(rows)
