@@ -59,5 +59,24 @@ def test_single_points_train_the_surrogate_below_the_relaxations(tmp_path, ray_l
         assert again.results.repeats_of_evaluated([twin], refresh=False) == {twin.id: done.id}
         after = again.store.load_state("surrogate")
         assert after["params"]["e_above_hull"] != before["params"]["e_above_hull"], "refitted ahead, and kept"
+
+        # repeats nobody matched ahead: twins of every evaluated start (15 % larger, so their
+        # ids differ) join the pool, and a batch as large as the pool picks all of it; the twins
+        # are matched as picks, left out, and the rest of the pool is picked in their place
+        evaluated = [c for i, c in cands.items() if i in again.results.measured]
+        twins = [Candidate(structure=c.structure.copy().scale_lattice(1.15 * c.structure.volume), source="test",
+                           round=3) for c in evaluated]
+        assert not {t.id for t in twins} & set(cands)
+        again.store.add_candidates(twins)
+        again.store.set_features({t.id: feats[c.id] for t, c in zip(twins, evaluated)})
+        pool = set(cands) - set(again.store.selected("mlip")) - set(again.results.measured)
+        pool -= set(again.results.repeats_of_evaluated([cands[i] for i in pool]))
+        again.cfg.acquisition.batch_size = len(pool) + len(twins)
+        metrics = again.selector.select(3, [])
+        picked = set(again.store.selected("mlip", round=3))
+        assert picked == pool and not picked & {t.id for t in twins}
+        assert metrics["pool_repeats_of_evaluated"] >= len(twins)
+        assert again.results.repeats_of_evaluated(twins, match=False) == {
+            t.id: c.id for t, c in zip(twins, evaluated)}
     finally:
         again.store.close()

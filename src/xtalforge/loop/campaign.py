@@ -385,14 +385,22 @@ class Campaign:
             # this round's proposals matched against known phases (its novelty metrics) and the
             # pool against what was evaluated
             prefit = self.cfg.overlap and r + 1 < self.cfg.rounds
+            # the first fit has nothing earlier to fall back on, so the next pick would wait for
+            # it: it starts once half the round is back instead
+            first_fit = prefit and not self.selector.has_hyperparameters()
             n_workers = workers if isinstance(workers, int) else 1
             idle = getattr(oracle, "idle_workers", lambda: int(len(oracle.pending()) < n_workers))
+            done = 0
             while oracle.pending():
                 for m in oracle.collect(timeout_s=5.0):
                     self.results.record(m)  # committed before anything else looks at it
                     bar.update(1)
+                    done += 1
                     if m.status != Status.ok:
                         bar.write(f"  {m.candidate_id} failed: {m.error}")
+                if first_fit and oracle.pending() and 2 * done >= len(todo):
+                    first_fit = False
+                    self.selector.prefit(self._background, self.oracles)
                 if prefit and oracle.pending() and idle() > 0:
                     prefit = False
                     stored = {c.id: c for c in self.store.candidates()}

@@ -188,13 +188,17 @@ class CampaignResults:
         """Ids among `cands` that match no known phase (a match is a rediscovery, never new)."""
         return {c.id for c in cands if not self.known_match(c)}
 
-    def repeats_of_evaluated(self, cands: Sequence[Candidate], refresh: bool = True) -> dict[str, str]:
+    def repeats_of_evaluated(self, cands: Sequence[Candidate], refresh: bool = True,
+                             match: bool = True) -> dict[str, str]:
         """Among `cands` (not yet evaluated), those that StructureMatcher matches to the starting
         or the relaxed structure of a candidate the screening oracle already evaluated: id ->
         that candidate's id. An oracle call on them would be spent on a structure seen before.
         What was matched is kept, so a later call only checks what came in since. With
         `refresh=False` the evaluated structures are not taken in first: a thread other than
-        the one recording results may then check new candidates against those already in."""
+        the one recording results may then check new candidates against those already in. With
+        `match=False` nothing is matched: only the repeats found by earlier calls are returned."""
+        if not match:
+            return {c.id: self._duplicates[c.id] for c in cands if c.id in self._duplicates}
         new = [k for k in self.measured if k not in self._evaluated_seen] if refresh else []
         index = self._evaluated_index
         if new:

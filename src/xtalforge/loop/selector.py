@@ -13,10 +13,16 @@ GP on all the data with the newest hyperparameters a background fit has finished
 Cholesky), so the picks still see every result. A fit still running is waited for only when
 there are no earlier ones; otherwise the picks use the previous ones (a round or two older)
 and the running fit serves the next round.
+
+Repeats of evaluated structures. A candidate StructureMatcher matches to the start or the
+result of anything already evaluated never gets an oracle call. The pool is matched while a
+worker idles (`check_pool_ahead`) and new proposals in the lookahead; the pick itself only
+matches its own picks against what came in since, and picks again without the ones that match.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 
@@ -83,6 +89,10 @@ class Selector:
 
         self._prefit = executor.submit(fit)
         return self._prefit
+
+    def has_hyperparameters(self) -> bool:
+        """Whether a background fit has finished or is running (a pick will not fit from scratch)."""
+        return self._prefit is not None or self._prefit_state is not None
 
     def check_pool_ahead(self, r: int, stored: Mapping[str, Candidate]) -> None:
         """While a worker idles for round `r`'s last relaxations: match the pool against what
@@ -152,17 +162,17 @@ class Selector:
         chosen = set(self.store.selected(screen))
         pool_ids, X_pool = pool_matrix(self._unpicked(all_ids, chosen), feats)
         metrics: dict[str, float] = {"pool_size": float(len(pool_ids))}
-        repeats = self.results.repeats_of_evaluated([stored[i] for i in pool_ids])
-        if repeats:  # never spend an oracle call on a structure already evaluated, as start or result
-            keep = np.array([i not in repeats for i in pool_ids])
-            pool_ids, X_pool = [i for i, k in zip(pool_ids, keep) if k], X_pool[keep]
-            metrics["pool_repeats_of_evaluated"] = float(len(repeats))
+        # never spend an oracle call on a structure already evaluated, as start or result: the
+        # repeats matched ahead (while a worker idled, in the lookahead) leave the pool here,
+        # and the picks are matched before they are stored, so the pool never waits on
+        # StructureMatcher for the round's last results
+        repeats = self.results.repeats_of_evaluated([stored[i] for i in pool_ids], match=False)
+        pool_ids, X_pool = _without(pool_ids, X_pool, repeats)
         if self.synth is not None and pool_ids:
             pool_ids, X_pool = self._synth_filter(pool_ids, X_pool, metrics, stored)
         if not pool_ids:
             self.echo("  pool is empty: every candidate is evaluated; nothing to pick this round")
             return metrics
-        rng = np.random.default_rng([cfg.seed, r, 1])
         data = self.training_data(feats, oracles, stored)
         pending_ids = [i for i in chosen if i not in measured and i in feats]
         for o in oracles:  # out at a slower oracle: pending points too
@@ -179,25 +189,56 @@ class Selector:
                                    f"(measured quantities: {', '.join(have)})")
         n_primary = len(data[objectives[0].name].y) if objectives[0].name in data else 0
         model_free = not any(get_arm(k).needs_model for k in kinds)
+        sur = None
         if model_free:  # no surrogate to fit, from the first round on
-            picks = Acquirer(objectives, kinds=kinds, seed=cfg.seed).select(None, X_pool, q, rng)
+            def pick(rows: np.ndarray, rng: np.random.Generator) -> Picks:
+                return Acquirer(objectives, kinds=kinds, seed=cfg.seed).select(None, X_pool[rows], q, rng)
         elif n_primary < 2 or unmeasured:
             X_seen = data[objectives[0].name].X if n_primary else None
-            picks = farthest_point(X_pool, q, rng, exclude=X_seen)
+
+            def pick(rows: np.ndarray, rng: np.random.Generator) -> Picks:
+                return farthest_point(X_pool[rows], q, rng, exclude=X_seen)
         else:
-            picks = self._acquire(r, data, feats, pool_ids, X_pool, X_pending, objectives, kinds, rng, metrics, stored)
-        self.store.add_selection(r, screen, [(pool_ids[i], v) for i, v in zip(picks.indices, picks.values)])
+            sur, acq, known = self._model(r, data, feats, pool_ids, objectives, kinds, metrics, stored)
+            after_update = copy.deepcopy(acq.state_dict())
+
+            def pick(rows: np.ndarray, rng: np.random.Generator) -> Picks:
+                acq.load_state_dict(copy.deepcopy(after_update))  # a repeated pick starts where the first did
+                sub = {n: v[rows] for n, v in known.items()} if known else None
+                return acq.select(sur, X_pool[rows], q=q, rng=rng, X_pending=X_pending, known=sub,
+                                  ids=[pool_ids[j] for j in rows])
+        rows = np.arange(len(pool_ids))
+        while True:
+            picks = pick(rows, np.random.default_rng([cfg.seed, r, 1]))
+            late = self.results.repeats_of_evaluated([stored[pool_ids[rows[i]]] for i in picks.indices])
+            if not late:
+                break
+            repeats.update(late)
+            rows = np.array([j for j in rows if pool_ids[j] not in late], dtype=int)
+            if not len(rows):
+                self.echo("  pool is empty: every candidate is evaluated; nothing to pick this round")
+                return metrics
+        if repeats:
+            metrics["pool_repeats_of_evaluated"] = float(len(repeats))
+        picked = [int(rows[i]) for i in picks.indices]
+        if sur is not None:
+            self.store.save_state("acquisition", r, acq.state_dict())
+            self._record_predictions(sur, X_pool[picked], [pool_ids[j] for j in picked])
+            metrics.update({f"acq_screen_{k}": v for k, v in acq.last_screen.items()})
+            for arm in acq.kinds:
+                metrics[f"acq_picks_{arm}"] = float(sum(a == arm for a in picks.arms))
+        self.store.add_selection(r, screen, [(pool_ids[j], v) for j, v in zip(picked, picks.values)])
         metrics["acquisition_method_is_model"] = float(not model_free and picks.method != "farthest_point")
-        self.echo(f"  picked {len(picks.indices)} of {len(pool_ids)} by {picks.method}")
+        self.echo(f"  picked {len(picked)} of {len(rows)} by {picks.method}")
         return metrics
 
-    def _acquire(self, r: int, data: dict, feats: Mapping[str, np.ndarray], pool_ids: list[str],
-                 X_pool: np.ndarray, X_pending: np.ndarray | None, objectives: list[Target],
-                 kinds: list[str], rng: np.random.Generator, metrics: dict[str, float],
-                 stored: Mapping[str, Candidate]) -> Picks:
+    def _model(self, r: int, data: dict, feats: Mapping[str, np.ndarray], pool_ids: list[str],
+               objectives: list[Target], kinds: list[str], metrics: dict[str, float],
+               stored: Mapping[str, Candidate]) -> tuple:
         """Fit the surrogate on `data` (conditioning only, on hyperparameters fitted in the
-        background, when there are any) and let the acquisition pick; records the pick-time
-        predictions of e_above_hull for the calibration metrics."""
+        background, when there are any) and build the acquisition, its GP-Hedge arms rewarded
+        for last round's nominees. Returns (surrogate, acquirer, per-pool-candidate values of
+        constrained quantities no oracle measures, or None)."""
         cfg, acfg = self.cfg, self.cfg.acquisition
         sur = self._surrogate()
         ahead = self._background_hyperparameters()
@@ -228,18 +269,17 @@ class Selector:
             for cid, v in zip(d.ids, d.y):
                 observed.setdefault(cid, {})[name] = float(v)
         metrics.update(acq.update(sur, feats, observed))  # GP-Hedge: reward last round's arms
-        picks = acq.select(sur, X_pool, q=acfg.batch_size, rng=rng, X_pending=X_pending, known=known, ids=pool_ids)
-        self.store.save_state("acquisition", r, acq.state_dict())
-        metrics.update({f"acq_screen_{k}": v for k, v in acq.last_screen.items()})
-        for arm in acq.kinds:
-            metrics[f"acq_picks_{arm}"] = float(sum(a == arm for a in picks.arms))
-        if "e_above_hull" in sur.outcomes and picks.indices:
-            j = sur.index("e_above_hull")
-            # with the fitted noise: the spread a fresh measurement shows, for calibration
-            mean, std = sur.predict(X_pool[picks.indices], observation_noise=True)
-            for k, i in enumerate(picks.indices):
-                self.results.predicted[pool_ids[i]] = (float(mean[k, j]), float(std[k, j]))
-        return picks
+        return sur, acq, known
+
+    def _record_predictions(self, sur, X_picked: np.ndarray, ids: list[str]) -> None:
+        """The pick-time predictions of e_above_hull, for the calibration metrics: with the
+        fitted noise, the spread a fresh measurement shows."""
+        if "e_above_hull" not in sur.outcomes or not ids:
+            return
+        j = sur.index("e_above_hull")
+        mean, std = sur.predict(X_picked, observation_noise=True)
+        for k, cid in enumerate(ids):
+            self.results.predicted[cid] = (float(mean[k, j]), float(std[k, j]))
 
     def _background_hyperparameters(self) -> dict | None:
         """The newest surrogate state a background fit finished; waits only for the first one
@@ -297,3 +337,11 @@ class Selector:
             picked = [cid for cid, _ in picks]
         by_id = {c.id: c for c in self.store.candidates(ids=picked)}
         return [by_id[i] for i in picked if i in by_id]
+
+
+def _without(ids: list[str], X: np.ndarray, drop: Mapping[str, str] | set[str]) -> tuple[list[str], np.ndarray]:
+    """`ids` and their rows of `X` without the ids in `drop`."""
+    if not drop:
+        return ids, X
+    keep = np.array([i not in drop for i in ids], dtype=bool)
+    return [i for i, k in zip(ids, keep) if k], X[keep]

@@ -144,8 +144,9 @@ ROUND_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("pool_size", "count", EVERY, "candidates not yet picked, the acquisition's choice set",
                key="selection/pool_size"),
     MetricSpec("pool_repeats_of_evaluated", "count", "rounds whose pool held such candidates",
-               "pool candidates StructureMatcher matches to the start or the result of an evaluated "
-               "candidate: left out, no oracle call is spent on them", key="selection/repeats_left_out"),
+               "pool candidates StructureMatcher matched to the start or the result of an evaluated "
+               "candidate (ahead of the pick, or as a pick, which is then replaced): left out, no oracle "
+               "call is spent on them", key="selection/repeats_left_out"),
     MetricSpec("pool_size_synthesizable", "count", "campaigns with a synthesis model used as a constraint",
                "pool candidates with p_synth >= synthesis.min_p_synth, the ones the acquisition chose from",
                key="selection/pool_size_synthesizable"),
