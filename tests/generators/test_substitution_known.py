@@ -75,3 +75,15 @@ def test_rarer_oxidation_states_of_known_ground_states_are_proposed():
     gen = build_generator("substitution", ("Bi", "Na", "O"), 12, {"prototypes": "known", "exclude_chemsys": ["Bi-Na-O"]})
     formulas = {c.structure.composition.reduced_formula for c in gen.propose(120, ctx(("Bi", "Na", "O"), 12, seed=0))}
     assert {"NaBiO3", "Na5BiO5"} & formulas, sorted(formulas)
+
+
+def test_antiperovskites_with_anionic_tin_serve_as_prototypes():
+    """Sr3SnO holds Sn4-, in pymatgen's common oxidation states of tin but not in ICSD's: it is a
+    prototype all the same, and Sr -> Ba on it proposes the hidden ground state Ba3SnO."""
+    bsn = ("Ba", "O", "Sn")
+    gen = build_generator("substitution", bsn, 12, {"prototypes": "known", "exclude_chemsys": ["Ba-O-Sn"],
+                                                    "builtin": False})
+    assert "known:mp-7961" in {p.key for p in gen.prototypes}
+    target = next(p for p in load_known(bsn, ["snapshot"]).phases if p.material_id == "mp-29243").structure
+    cands = gen.propose(300, ctx(bsn, max_atoms=12, seed=0))
+    assert any(c.formula == "Ba3SnO" and StructureMatcher().fit(c.structure, target) for c in cands)

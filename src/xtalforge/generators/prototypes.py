@@ -84,12 +84,21 @@ def decorate(s: Structure) -> Structure:
         return s.copy()
     plain = s.copy()
     plain.remove_oxidation_states()
-    try:
-        guesses = plain.composition.oxi_state_guesses(max_sites=-1)
-    except Exception:  # pymatgen gives up on very large formulas
-        guesses = ()
+    comp = plain.composition
+    # ICSD's states first; then the common ones too, which hold the anions of p-block metals
+    # (Sn4- in the antiperovskite Sr3SnO) that ICSD's lists leave out
+    wider = {el.symbol: sorted({*el.icsd_oxidation_states, *el.common_oxidation_states} - {0})
+             for el in comp.elements}
+    guesses: tuple = ()
+    for override in (None, wider):
+        try:
+            guesses = tuple(comp.oxi_state_guesses(oxi_states_override=override, max_sites=-1))
+        except Exception:  # pymatgen gives up on very large formulas
+            guesses = ()
+        if guesses:
+            break
     if not guesses:
-        raise PrototypeError(f"{plain.composition.reduced_formula}: no charge-neutral oxidation states")
+        raise PrototypeError(f"{comp.reduced_formula}: no charge-neutral oxidation states")
     plain.add_oxidation_state_by_element(guesses[0])
     return plain
 

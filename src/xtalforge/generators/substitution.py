@@ -69,6 +69,9 @@ def _substitution_probability():
     return SubstitutionProbability()
 
 
+UNSEEN_SELF_PROBABILITY = 0.3  # P(ion | same ion) for an ion the data-mined table lacks
+
+
 class SubstitutionTable:
     """P(target ion | prototype ion), restricted to ions of the same sign; memoized.
 
@@ -89,6 +92,10 @@ class SubstitutionTable:
                     v = float(_substitution_probability().cond_prob(t, s))
                 except Exception:  # an ion the data-mined table never saw
                     v = 0.0
+                if v == 0.0 and t == s:
+                    # the table holds no anion below -3, yet Sn4- of the antiperovskite Sr3SnO
+                    # still stands for itself; as likely as a common cation's (Sr2+ 0.35, Sn4+ 0.22)
+                    v = UNSEEN_SELF_PROBABILITY
             self._memo[key] = v
         return self._memo[key]
 
