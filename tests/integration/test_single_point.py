@@ -31,6 +31,9 @@ def test_single_points_train_the_surrogate_below_the_relaxations(tmp_path, ray_l
         assert m.values["energy_per_atom"] <= with_sp[m.candidate_id] + 1e-3, m.candidate_id
     # round 2 fitted the multi-fidelity GP: relaxations and single points of e_above_hull
     assert st.round_metrics()[1]["surrogate_multi_fidelity"] == 1.0
+    # its hyperparameters were fitted in the background during round 1 (while a worker idled,
+    # or in the round's tail when both finished together); the pick only conditioned on them
+    assert st.round_metrics()[1]["surrogate_prefit"] == 1.0
     st.close()
 
     again = Campaign.open(run_dir, progress=False)

@@ -406,6 +406,8 @@ class Campaign:
                     stored = {c.id: c for c in self.store.candidates()}
                     self.selector.prefit(self._background, self.oracles, stored)
                     self.selector.check_pool_ahead(r, stored)
+            if prefit:  # no worker was idle (the batches ended together): fit during the round's tail
+                self.selector.prefit(self._background, self.oracles)
             bar.close()
         return self.results.round_results(r)
 
