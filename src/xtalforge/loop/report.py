@@ -313,37 +313,51 @@ def write_record(rec: RoundRecord, tracker: Tracker | None) -> None:
 
 class RecordWriter:
     """Writes each round's record: at once, or held back and written in `background` during the
-    next round's oracle (`later`). Writing never raises: the files are derived from the store,
-    never worth a campaign."""
+    next round's oracle (`later`). Records are written in round order; a round never waits for
+    the one before to finish writing unless two are already queued. Writing never raises: the
+    files are derived from the store, never worth a campaign."""
 
     def __init__(self, progress: bool = True):
         self.progress = progress
         self.tracker: Tracker | None = None
         self.background = None  # a concurrent.futures executor, set by the campaign's run()
         self._held: RoundRecord | None = None
-        self._writing = None
+        self._writing: list = []  # futures of the writes queued or running, oldest first
 
     def record(self, rec: RoundRecord, later: bool) -> None:
-        self.flush(wait=True)
-        if later:
+        if later and self.background is not None:
+            if self._held is not None:  # never flushed since the last record
+                self.flush()
             self._held = rec
             return
+        self.flush(wait=True)
         with stage("writing tables, CIFs and plots", self.progress):
             self._write(rec)
 
     def flush(self, wait: bool = False) -> None:
-        """Start writing the held-back record in the background (or, with `wait`, write it and
-        wait for it and any write still running)."""
+        """Start writing the held-back record in the background, after the writes before it (or,
+        with `wait`, write it and wait for every write)."""
         rec, self._held = self._held, None
-        if self._writing is not None:
-            self._writing.result()
-            self._writing = None
+        if wait or self.background is None:
+            for fut in self._writing:
+                fut.result()
+            self._writing = []
+            if rec is not None:
+                self._write(rec)
+            return
         if rec is None:
             return
-        if wait or self.background is None:
+        self._writing = [f for f in self._writing if not f.done()]
+        while len(self._writing) >= 2:  # a bound on the queue: writes slower than rounds wait here
+            self._writing.pop(0).result()
+        before = self._writing[-1] if self._writing else None
+
+        def write() -> None:
+            if before is not None:
+                before.result()
             self._write(rec)
-            return
-        self._writing = self.background.submit(self._write, rec)
+
+        self._writing.append(self.background.submit(write))
 
     def _write(self, rec: RoundRecord) -> None:
         try:
