@@ -5,7 +5,15 @@ from __future__ import annotations
 import itertools
 from functools import lru_cache
 
-from pymatgen.core import Composition
+from pymatgen.core import Composition, Element
+
+
+def oxidation_states(element: str) -> list[int]:
+    """Nonzero oxidation states of `element`: ICSD's and pymatgen's common ones. The common set
+    adds the anions of p-block metals (Sn4- in the antiperovskites Sr3SnO and Ba3SnO) that the
+    ICSD-derived lists leave out."""
+    el = Element(element)
+    return sorted({*el.icsd_oxidation_states, *el.common_oxidation_states} - {0})
 
 
 def is_charge_balanced(comp: Composition | str, commonality: str | float = "medium") -> bool:

@@ -18,6 +18,7 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from xtalforge.generators.base import reward_from
+from xtalforge.generators.compositions import oxidation_states
 from xtalforge.types import Candidate, Measurement
 
 log = logging.getLogger(__name__)
@@ -87,20 +88,19 @@ def decorate(s: Structure) -> Structure:
     comp = plain.composition
     # ICSD's states first; then the common ones too, which hold the anions of p-block metals
     # (Sn4- in the antiperovskite Sr3SnO) that ICSD's lists leave out
-    wider = {el.symbol: sorted({*el.icsd_oxidation_states, *el.common_oxidation_states} - {0})
-             for el in comp.elements}
-    guesses: tuple = ()
-    for override in (None, wider):
-        try:
-            guesses = tuple(comp.oxi_state_guesses(oxi_states_override=override, max_sites=-1))
-        except Exception:  # pymatgen gives up on very large formulas
-            guesses = ()
-        if guesses:
-            break
+    guesses = (_oxi_guesses(comp)
+               or _oxi_guesses(comp, {el.symbol: oxidation_states(el.symbol) for el in comp.elements}))
     if not guesses:
         raise PrototypeError(f"{comp.reduced_formula}: no charge-neutral oxidation states")
     plain.add_oxidation_state_by_element(guesses[0])
     return plain
+
+
+def _oxi_guesses(comp, override: dict[str, list[int]] | None = None) -> list[dict]:
+    try:
+        return list(comp.oxi_state_guesses(oxi_states_override=override, max_sites=-1))
+    except Exception:  # pymatgen gives up on very large formulas
+        return []
 
 
 def orbits(s: Structure, symprec: float = 0.01) -> tuple[tuple[int, ...], ...]:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from pymatgen.core import Element, Species, Structure
+from pymatgen.core import Species, Structure
 
 from xtalforge.generators.base import reward_from
-from xtalforge.generators.compositions import is_charge_balanced, require_compositions
+from xtalforge.generators.compositions import is_charge_balanced, oxidation_states, require_compositions
 from xtalforge.generators.prototypes import (KNOWN, Cell, Prototype, history_prototypes, known_prototypes,
                                              known_sources, load_prototypes)
 from xtalforge.structure import ValidityLimits, structure_problem
@@ -53,12 +53,7 @@ def system_ions(elements: Sequence[str]) -> list[Species]:
     """Every ion of the system in the ICSD oxidation states of its elements plus their common
     ones: the common set adds the anions of p-block metals (Sn4- in the antiperovskite Ba3SnO)
     that ICSD-derived lists leave out."""
-    out = []
-    for e in elements:
-        el = Element(e)
-        states = sorted({s for s in (*el.icsd_oxidation_states, *el.common_oxidation_states) if s != 0})
-        out += [Species(e, s) for s in states]
-    return out
+    return [Species(e, s) for e in elements for s in oxidation_states(e)]
 
 
 @functools.lru_cache(maxsize=1)

@@ -398,14 +398,14 @@ class Campaign:
                     done += 1
                     if m.status != Status.ok:
                         bar.write(f"  {m.candidate_id} failed: {m.error}")
-                if first_fit and oracle.pending() and 2 * done >= len(todo):
-                    first_fit = False
-                    self.selector.prefit(self._background, self.oracles)
                 if prefit and oracle.pending() and idle() > 0:
-                    prefit = False
+                    prefit = first_fit = False
                     stored = {c.id: c for c in self.store.candidates()}
                     self.selector.prefit(self._background, self.oracles, stored)
                     self.selector.check_pool_ahead(r, stored)
+                elif first_fit and oracle.pending() and 2 * done >= len(todo):
+                    first_fit = False
+                    self.selector.prefit(self._background, self.oracles)
             if prefit:  # no worker was idle (the batches ended together): fit during the round's tail
                 self.selector.prefit(self._background, self.oracles)
             bar.close()
